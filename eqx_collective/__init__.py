@@ -1,0 +1,37 @@
+"""Pure-functional collective operations for Equinox: initialise, reset, batch into
+ensembles and restore every stateful module of a model in one call."""
+
+from . import nn as nn
+from ._collective import (
+    call_all_fns as call_all_fns,
+    call_order as call_order,
+    collect_all_fns as collect_all_fns,
+    init_all_states as init_all_states,
+    reset_all_states as reset_all_states,
+)
+from ._filters import (
+    All as All,
+    Any as Any,
+    Filter as Filter,
+    Not as Not,
+    PathContains as PathContains,
+    PathPrefix as PathPrefix,
+)
+from ._paths import as_path as as_path, Path as Path, path_str as path_str
+from ._state import (
+    HiddenState as HiddenState,
+    is_shared as is_shared,
+    LongTermState as LongTermState,
+    NonBatchState as NonBatchState,
+    ParamState as ParamState,
+    ShortTermState as ShortTermState,
+    State as State,
+)
+from ._views import (
+    leaf_values as leaf_values,
+    state_values as state_values,
+    states as states,
+)
+
+
+__version__ = "0.1.0"

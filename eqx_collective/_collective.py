@@ -1,0 +1,332 @@
+"""Collective calls: `call_order`, `call_all_fns`, `collect_all_fns`, `init_all_states`,
+`reset_all_states`."""
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import jax
+from jaxtyping import PRNGKeyArray, PyTree
+
+from ._filters import Filter, to_predicate
+from ._paths import flatten_one_level, is_node, iter_nodes, Path, path_hash, path_repr
+
+
+T = TypeVar("T")
+
+MAX_ORDER = 10
+_FN_IF_NOT_EXIST = ("raise", "warn", "pass")
+
+
+def call_order(level: int = 0, check_order_boundary: bool = True) -> Callable:
+    """Decorator fixing when a method runs in a collective operation.
+
+    Methods without `call_order` run first, in traversal order (children before parent,
+    siblings in declaration order); decorated ones run after them by ascending `level`,
+    ties in traversal order.
+
+    **Arguments:**
+
+    - `level`: an `int`; lower runs earlier. In `[0, 10)` unless
+        `check_order_boundary=False`.
+    - `check_order_boundary`: whether to check the range of `level`.
+
+    **Returns:** the decorator, which sets `method.call_order = level`.
+
+    **Raises:** `ValueError` for a `level` out of range; `TypeError` for a non-`int`.
+
+    !!! Example
+
+        ```python
+        class EncoderDecoder(eqx.Module):
+            ...
+            @ec.call_order(1)
+            def reset_state(self):  # runs after every undecorated `reset_state`
+                return self
+        ```
+    """
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise TypeError(
+            f"`call_order` takes an integer `level`, but got {type(level).__name__} "
+            f"{level!r}."
+        )
+    if check_order_boundary and not 0 <= level < MAX_ORDER:
+        raise ValueError(
+            f"`call_order` level must be an integer in [0, {MAX_ORDER}), but got "
+            f"{level}. Pass `check_order_boundary=False` to allow any integer."
+        )
+
+    def decorator(fn):
+        fn.call_order = level
+        return fn
+
+    return decorator
+
+
+@functools.cache
+def _key_parameter(cls: type, fn_name: str) -> Literal["none", "optional", "required"]:
+    """Whether `cls.fn_name` takes a `key` argument, and whether it must be given."""
+    try:
+        param = inspect.signature(getattr(cls, fn_name)).parameters.get("key")
+    except (TypeError, ValueError):  # no signature to read (a builtin, say)
+        return "none"
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return "none"
+    return "required" if param.default is inspect.Parameter.empty else "optional"
+
+
+def _level(node: Any, fn_name: str) -> int | None:
+    return getattr(getattr(type(node), fn_name, None), "call_order", None)
+
+
+def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op):
+    if not isinstance(fn_name, str):
+        raise TypeError(
+            f"`{op}` takes the method name `fn_name` as a string, but got "
+            f"{type(fn_name).__name__} {fn_name!r}."
+        )
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"`{op}` takes `kwargs` as a mapping of keyword arguments (or `None`), but "
+            f"got {type(kwargs).__name__} {kwargs!r}."
+        )
+    if "key" in kwargs:
+        raise ValueError(
+            f"`{op}`: pass the random key as `key=...`, not inside `kwargs`; each node "
+            "then receives its own key derived from it."
+        )
+    if fn_if_not_exist not in _FN_IF_NOT_EXIST:
+        raise ValueError(
+            f"`{op}`: `fn_if_not_exist` must be one of 'raise', 'warn', 'pass', but got "
+            f"{fn_if_not_exist!r}."
+        )
+    args = args if isinstance(args, tuple) else (args,)
+    return args, dict(kwargs)
+
+
+def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list[Path]]:
+    """The calls to make, as passes: the undecorated methods first, then one pass per
+    `call_order` level, ascending; each pass in traversal order."""
+    exclude = to_predicate(node_to_exclude)
+    undecorated, by_level, missing = [], {}, []
+    for path, node in iter_nodes(target):
+        if exclude(path, node):
+            continue
+        if not hasattr(node, fn_name):
+            missing.append((path, node))
+            continue
+        level = _level(node, fn_name)
+        (undecorated if level is None else by_level.setdefault(level, [])).append(path)
+    if missing and fn_if_not_exist != "pass":
+        where = ", ".join(f"{path_repr(p)} ({type(n).__name__})" for p, n in missing)
+        message = (
+            f"`{op}`: no method `{fn_name}` on the node(s) at {where}. Define it, leave "
+            "those nodes out with `node_to_exclude`, or pass `fn_if_not_exist='pass'` to "
+            "skip nodes without it."
+        )
+        if fn_if_not_exist == "raise":
+            raise AttributeError(message)
+        warnings.warn(message, stacklevel=4)
+    return [undecorated] + [by_level[k] for k in sorted(by_level)]
+
+
+def _invoke(node, path, fn_name, args, kwargs, key, op):
+    """Calls `node.fn_name(*args, **kwargs)`, with the node's own key if it takes one."""
+    kind = _key_parameter(type(node), fn_name)
+    if kind != "none":
+        if key is not None:
+            kwargs = {**kwargs, "key": jax.random.fold_in(key, path_hash(path))}
+        elif kind == "required":
+            raise TypeError(
+                f"`{op}`: `{fn_name}` of the node at path {path_repr(path)} "
+                f"({type(node).__name__}) needs a random `key`, but `key=None` was "
+                f"given. Pass `key=jax.random.key(...)` to `{op}`; each node then gets "
+                "its own key derived from it and its path."
+            )
+    try:
+        return getattr(node, fn_name)(*args, **kwargs)
+    except Exception as e:
+        e.add_note(
+            f"(raised by `{fn_name}` of the node at path {path_repr(path)} "
+            f"({type(node).__name__}) during `{op}`)"
+        )
+        raise
+
+
+def _run_pass(tree, paths: list[Path], update: Callable[[Path, Any], Any]):
+    """One post-order pass calling `update(path, node)` on the nodes at `paths`. Each
+    node is rebuilt at most once, from its already-updated children: linear cost."""
+    wanted = set(paths)
+    on_the_way = {p[:i] for p in paths for i in range(len(p) + 1)}
+
+    def visit(x, path):
+        if path not in on_the_way:
+            return x
+        leaves, treedef = flatten_one_level(x)
+        new = [
+            visit(leaf, path + sub) if is_node(leaf) else leaf for sub, leaf in leaves
+        ]
+        if any(a is not b for (_, a), b in zip(leaves, new)):
+            x = treedef.unflatten(new)
+        return update(path, x) if path in wanted and is_node(x) else x
+
+    return visit(tree, ())
+
+
+def call_all_fns(
+    target: T,
+    fn_name: str,
+    args: Sequence[Any] | Any = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    key: PRNGKeyArray | None = None,
+    node_to_exclude: Filter = None,
+    fn_if_not_exist: Literal["raise", "warn", "pass"] = "raise",
+) -> T:
+    """Calls the method `fn_name` on every module node of `target` and returns the
+    updated tree. `target` itself is left unchanged.
+
+    Nodes are visited children before parent, siblings in declaration order; methods
+    without [`eqx_collective.call_order`][] run first, then decorated ones by ascending
+    level. Each method runs exactly once per node, and each sees the results of the calls
+    before it (a parent sees its updated children).
+
+    **Pure call protocol:** a collectively called method returns the updated node,
+    `def init_state(self, ...) -> Self`; `return self` if nothing changes.
+
+    **Arguments:**
+
+    - `target`: the model (any pytree of `eqx.Module`s).
+    - `fn_name`: the method name.
+    - `args`: positional arguments for every call; a non-tuple is one argument.
+    - `kwargs`: keyword arguments for every call.
+    - `key`: a JAX random key. A node whose method has a `key` parameter receives
+        `jax.random.fold_in(key, h)`, with `h` a stable hash of the node's path, so adding
+        a node leaves the other nodes' keys unchanged. A method whose `key` parameter has
+        no default needs `key` to be given.
+    - `node_to_exclude`: a [`eqx_collective.Filter`][] of nodes not to call (their
+        children are still visited).
+    - `fn_if_not_exist`: what to do with nodes that lack the method: `'raise'`
+        (`AttributeError`), `'warn'` (warn and skip) or `'pass'` (skip).
+
+    **Returns:** the updated tree, of the same type as `target`.
+
+    **Raises:** `TypeError` for a non-string `fn_name`, non-mapping `kwargs`, a missing
+    `key`, or a method that does not return a module of its own type; `ValueError` for a
+    bad `fn_if_not_exist`; `AttributeError` for a missing method under `'raise'`. Errors
+    raised by a method carry a note naming the node's path.
+    """
+    op = "call_all_fns"
+    args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
+    return _call_all(
+        target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op
+    )
+
+
+def _call_all(target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op):
+    def update(path, node):
+        result = _invoke(node, path, fn_name, args, kwargs, key, op)
+        if type(result) is not type(node):
+            got = "None" if result is None else f"a {type(result).__name__}"
+            raise TypeError(
+                f"`{fn_name}` of the node at path {path_repr(path)} "
+                f"({type(node).__name__}) returned {got}. Under the pure call protocol a "
+                f"collectively called method must return the updated module: `return "
+                f"self` if nothing changed, else a new {type(node).__name__}, for "
+                "example built with `eqx.tree_at`."
+            )
+        return result
+
+    for paths in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op):
+        if paths:
+            target = _run_pass(target, paths, update)
+    return target
+
+
+def collect_all_fns(
+    target: PyTree,
+    fn_name: str,
+    args: Sequence[Any] | Any = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    key: PRNGKeyArray | None = None,
+    node_to_exclude: Filter = None,
+    fn_if_not_exist: Literal["raise", "warn", "pass"] = "raise",
+) -> dict[Path, Any]:
+    """The read-only counterpart of [`eqx_collective.call_all_fns`][]: calls `fn_name`
+    on every module node and returns what each call returned, keyed by the node's path,
+    in call order. Nothing is rebuilt; the methods may return anything.
+
+    **Arguments:** as for [`eqx_collective.call_all_fns`][].
+
+    **Returns:** `{path: result}`.
+
+    !!! Example
+
+        ```python
+        means = ec.collect_all_fns(net, "log_stats", fn_if_not_exist="pass")
+        # {('layers', 0): Array(0.05, dtype=float32), ('layers', 1): ...}
+        ```
+    """
+    op = "collect_all_fns"
+    args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
+    nodes = dict(iter_nodes(target))
+    return {
+        path: _invoke(nodes[path], path, fn_name, args, kwargs, key, op)
+        for paths in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op)
+        for path in paths
+    }
+
+
+def init_all_states(
+    target: T,
+    *args: Any,
+    key: PRNGKeyArray | None = None,
+    node_to_exclude: Filter = None,
+    **kwargs: Any,
+) -> T:
+    """Calls `init_state(*args, **kwargs)` on every node that defines it and returns the
+    new tree (so it chains: `model = init_all_states(Model(...), key=key)`).
+
+    **Arguments:** `*args`/`**kwargs` are passed to every `init_state`; `key` and
+    `node_to_exclude` are as for [`eqx_collective.call_all_fns`][]. Nodes without
+    `init_state` are skipped.
+
+    **Returns:** the initialised tree.
+
+    !!! Example
+
+        ```python
+        model = ec.init_all_states(model, batch_size=4, key=jax.random.key(0))
+        ```
+    """
+    op = "init_all_states"
+    args, kwargs = _check_arguments("init_state", args, kwargs, "pass", op)
+    return _call_all(
+        target, "init_state", args, kwargs, key, node_to_exclude, "pass", op
+    )
+
+
+def reset_all_states(
+    target: T,
+    *args: Any,
+    key: PRNGKeyArray | None = None,
+    node_to_exclude: Filter = None,
+    **kwargs: Any,
+) -> T:
+    """Calls `reset_state(*args, **kwargs)` on every node that defines it and returns
+    the new tree. Typically run between sequences, inside a jitted step or not.
+
+    **Arguments:** as for [`eqx_collective.init_all_states`][].
+
+    **Returns:** the reset tree.
+    """
+    op = "reset_all_states"
+    args, kwargs = _check_arguments("reset_state", args, kwargs, "pass", op)
+    return _call_all(
+        target, "reset_state", args, kwargs, key, node_to_exclude, "pass", op
+    )

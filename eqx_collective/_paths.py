@@ -1,0 +1,136 @@
+"""Paths: how a model's nodes, states and leaves are named and found."""
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeAlias
+
+import brainunit as u
+import equinox as eqx
+import jax.tree_util as jtu
+
+from ._state import State
+
+
+Path: TypeAlias = tuple[str | int, ...]
+"""A path: attribute names and dict keys (`str`) and sequence indices (`int`), e.g.
+`('layers', 0, 'weight')`. Wherever a path is taken, the dotted string
+`'layers.0.weight'` is accepted too."""
+
+
+def _entry(key: Any) -> Any:
+    if isinstance(key, jtu.GetAttrKey):
+        return key.name
+    if isinstance(key, jtu.DictKey):
+        return key.key
+    if isinstance(key, jtu.SequenceKey):
+        return key.idx
+    if isinstance(key, jtu.FlattenedIndexKey):
+        return key.key
+    return str(key)
+
+
+def keypath_to_path(keypath: tuple) -> Path:
+    """Converts a `jax.tree_util` key path into a [`eqx_collective.Path`][]."""
+    return tuple(_entry(k) for k in keypath)
+
+
+def path_str(path: Path) -> str:
+    """The dotted form of `path`: `('layers', 0, 'weight')` -> `'layers.0.weight'`."""
+    return ".".join(str(p) for p in path)
+
+
+def path_repr(path: Path) -> str:
+    """A path as shown in messages: quoted dotted form, or `<root>`."""
+    return repr(path_str(path)) if path else "<root>"
+
+
+def as_path(path: Path | str | list) -> Path:
+    """Normalises a tuple, list or dotted-string path to a tuple path.
+
+    In a dotted string, all-digit parts become `int` indices: `'layers.0.weight'` ->
+    `('layers', 0, 'weight')`. (Lookups into a model match dotted strings against the
+    model's own paths, so a dict key that is a digit string is found too.)
+    """
+    if isinstance(path, str):
+        if path == "":
+            return ()
+        return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+    if isinstance(path, (tuple, list)):
+        for p in path:
+            if not isinstance(p, (str, int)) or isinstance(p, bool):
+                raise TypeError(
+                    f"A path is a tuple of `str` and `int` entries (or a dotted string), "
+                    f"but {path!r} contains {p!r} of type {type(p).__name__}."
+                )
+        return tuple(path)
+    raise TypeError(
+        f"A path must be a tuple such as `('layers', 0, 'weight')` or a dotted string such "
+        f"as `'layers.0.weight'`, but got {type(path).__name__} {path!r}."
+    )
+
+
+def path_hash(path: Path) -> int:
+    """A stable 31-bit hash of `path` (the same in every process, unlike `hash`), used to
+    derive per-node random keys with `jax.random.fold_in`."""
+    text = "\x1f".join(f"{type(p).__name__}:{p}" for p in path)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest()) >> 1
+
+
+def is_node(x: Any) -> bool:
+    """Whether `x` is a module node: an `eqx.Module` that is not a
+    [`eqx_collective.State`][]."""
+    return isinstance(x, eqx.Module) and not isinstance(x, State)
+
+
+def is_state(x: Any) -> bool:
+    return isinstance(x, State)
+
+
+def is_value_leaf(x: Any) -> bool:
+    """Leaves of a state's value: a `brainunit.Quantity` is one leaf."""
+    return isinstance(x, u.Quantity)
+
+
+def flatten_one_level(node: Any) -> tuple[list[tuple[Path, Any]], jtu.PyTreeDef]:
+    """Flattens `node` down to its nearest `eqx.Module`s (child nodes and states),
+    keeping everything else as leaves. `treedef.unflatten` rebuilds it."""
+    leaves, treedef = jtu.tree_flatten_with_path(
+        node, is_leaf=lambda x: x is not node and isinstance(x, eqx.Module)
+    )
+    return [(keypath_to_path(kp), leaf) for kp, leaf in leaves], treedef
+
+
+def iter_nodes(tree: Any) -> Iterator[tuple[Path, eqx.Module]]:
+    """Yields `(path, node)` for every module node of `tree`, root included, children
+    before their parent, siblings in declaration order."""
+
+    def visit(x, path):
+        for sub, leaf in flatten_one_level(x)[0]:
+            if is_node(leaf):
+                yield from visit(leaf, path + sub)
+        if is_node(x):
+            yield path, x
+
+    yield from visit(tree, ())
+
+
+def iter_states(tree: Any) -> list[tuple[Path, State]]:
+    """`(path, state)` for every [`eqx_collective.State`][] of `tree`, in pytree
+    order."""
+    leaves = jtu.tree_flatten_with_path(tree, is_leaf=is_state)[0]
+    return [(keypath_to_path(kp), x) for kp, x in leaves if isinstance(x, State)]
+
+
+def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
+    """The leaf-level paths and leaves of one state's `value` below `path`."""
+    leaves = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
+    return [(path + keypath_to_path(kp), x) for kp, x in leaves]
+
+
+def map_states(fn: Callable[[Path, State], Any], tree: Any) -> Any:
+    """Replaces every state of `tree` by `fn(path, state)`; everything else is kept."""
+    return jtu.tree_map_with_path(
+        lambda kp, x: fn(keypath_to_path(kp), x) if isinstance(x, State) else x,
+        tree,
+        is_leaf=is_state,
+    )

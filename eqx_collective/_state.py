@@ -1,0 +1,80 @@
+"""The state model: `State` and the brainstate-compatible subclasses."""
+
+from typing import Any
+
+import equinox as eqx
+from jaxtyping import PyTree
+
+
+class State(eqx.Module):
+    """A leaf of the *state view*: a module field whose value collective operations
+    initialise, reset, batch and restore.
+
+    A `State` wraps one pytree `value` (an array, a dict of arrays, a
+    `brainunit.Quantity`, ...). It is an immutable Equinox module, so replacing its value
+    returns a new state: `eqx.tree_at(lambda m: m.h.value, model, new_h)`.
+
+    **Arguments:**
+
+    - `value`: the pytree held by this state.
+    - `tag`: an optional string; a string filter (see [`eqx_collective.states`][]) selects
+        the states with that tag.
+    - `shared`: whether the vmap variants share this state between the members of an
+        ensemble instead of giving it a leading ensemble axis. Usually set for you by
+        [`eqx_collective.vmap_init_all_states`][] from its `state_to_exclude` filter.
+        [`eqx_collective.NonBatchState`][] is always shared.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_collective as ec
+
+        h = ec.HiddenState(jnp.zeros(16))
+        print(h.value.shape)  # (16,)
+        ```
+    """
+
+    value: PyTree[Any]
+    tag: str | None = eqx.field(default=None, static=True, kw_only=True)
+    shared: bool = eqx.field(default=False, static=True, kw_only=True)
+
+    def __check_init__(self):
+        if self.tag is not None and not isinstance(self.tag, str):
+            raise TypeError(
+                f"A state's `tag` must be a string or `None`, but got "
+                f"{type(self.tag).__name__} {self.tag!r}."
+            )
+        if not isinstance(self.shared, bool):
+            raise TypeError(
+                f"A state's `shared` flag must be a bool, but got {self.shared!r}."
+            )
+
+
+class ShortTermState(State):
+    """A state that lives for one episode or sequence (hidden states, buffers). Reset
+    between sequences by [`eqx_collective.reset_all_states`][]."""
+
+
+class LongTermState(State):
+    """A state that persists across episodes (parameters, running statistics)."""
+
+
+class ParamState(LongTermState):
+    """A trainable parameter. Select parameters for gradients with
+    `eqx_collective.partition(model, ParamState)`."""
+
+
+class HiddenState(ShortTermState):
+    """The hidden state of a recurrent or dynamical layer."""
+
+
+class NonBatchState(ShortTermState):
+    """A state that the vmap variants never batch: an ensemble has one copy of it,
+    shared by every member, whatever `state_to_exclude` says. (brainstate's
+    `NonBatchState`.)"""
+
+
+def is_shared(state: State) -> bool:
+    """Whether `state` is shared between the members of an ensemble (not batched)."""
+    return state.shared or isinstance(state, NonBatchState)

@@ -1,0 +1,61 @@
+"""Read-only views of a model's states: `states`, `state_values`, `leaf_values`."""
+
+from typing import Any
+
+from jaxtyping import PyTree
+
+from ._filters import Filter, to_predicate
+from ._paths import iter_states, iter_value_leaves, Path
+from ._state import State
+
+
+def states(model: PyTree, *filters: Filter) -> dict[Path, State]:
+    """Every [`eqx_collective.State`][] of `model`, keyed by its state-level path, in
+    the pytree's own order (field declaration order; dict keys sorted).
+
+    **Arguments:**
+
+    - `model`: any pytree holding states, usually an `eqx.Module`.
+    - `*filters`: keep only the states that at least one filter selects (see
+        [`eqx_collective.Filter`][]). With none, every state is kept.
+
+    **Returns:**
+
+    A `dict` mapping paths such as `('layers', 0, 'weight')` to states.
+
+    !!! Example
+
+        ```python
+        params = ec.states(model, ec.ParamState)
+        hidden = ec.states(model, ec.HiddenState, "rnn")  # hidden states or tag 'rnn'
+        ```
+    """
+    pred = to_predicate(filters if filters else True)
+    return {p: s for p, s in iter_states(model) if pred(p, s)}
+
+
+def state_values(model: PyTree, *filters: Filter) -> dict[Path, PyTree]:
+    """`{path: state.value}` for the states of `model` that `filters` select: a
+    *state-level* snapshot, accepted back by [`eqx_collective.assign_state_values`][].
+
+    **Arguments:** as for [`eqx_collective.states`][].
+
+    **Returns:** a `dict` from state-level paths to values.
+    """
+    return {p: s.value for p, s in states(model, *filters).items()}
+
+
+def leaf_values(model: PyTree, *filters: Filter) -> dict[Path, Any]:
+    """`{leaf_path: array}` for the states of `model` that `filters` select: a flat
+    *leaf-level* snapshot. A dict-valued state at `('W', 'weight')` contributes
+    `('W', 'weight', 'bias')` and `('W', 'weight', 'weight')`; an array- or
+    `brainunit.Quantity`-valued state contributes its own path.
+
+    **Arguments:** as for [`eqx_collective.states`][].
+
+    **Returns:** a `dict` from leaf-level paths to arrays (or `Quantity`s).
+    """
+    out = {}
+    for p, s in states(model, *filters).items():
+        out.update(iter_value_leaves(p, s.value))
+    return out

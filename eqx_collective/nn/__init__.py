@@ -1,0 +1,2 @@
+"""Layers and initialisers: the counterparts of brainstate's layers used in the
+collective-operations tutorial."""

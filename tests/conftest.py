@@ -1,0 +1,30 @@
+import os
+
+import hypothesis
+import jax
+import pytest
+
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+hypothesis.settings.register_profile(
+    "default",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    print_blob=True,
+)
+hypothesis.settings.load_profile("default")
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def getkey():
+    """A function returning a fresh key on each call."""
+    keys = iter(jax.random.split(jax.random.key(1234), 1000))
+    return lambda: next(keys)
