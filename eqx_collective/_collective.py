@@ -170,7 +170,7 @@ def _run_pass(tree, paths: list[Path], update: Callable[[Path, Any], Any]):
         new = [
             visit(leaf, path + sub) if is_node(leaf) else leaf for sub, leaf in leaves
         ]
-        if any(a is not b for (_, a), b in zip(leaves, new)):
+        if any(a is not b for (_, a), b in zip(leaves, new, strict=True)):
             x = treedef.unflatten(new)
         return update(path, x) if path in wanted and is_node(x) else x
 
