@@ -9,6 +9,15 @@ from ._collective import (
     init_all_states as init_all_states,
     reset_all_states as reset_all_states,
 )
+from ._ensemble import (
+    ensemble_in_axes as ensemble_in_axes,
+    ensemble_size as ensemble_size,
+    member as member,
+    shard_ensemble as shard_ensemble,
+    split_members as split_members,
+    stack as stack,
+    unstack as unstack,
+)
 from ._filters import (
     All as All,
     Any as Any,
@@ -26,6 +35,12 @@ from ._state import (
     ParamState as ParamState,
     ShortTermState as ShortTermState,
     State as State,
+)
+from ._vmap import (
+    make_ensemble as make_ensemble,
+    vmap_call_all_fns as vmap_call_all_fns,
+    vmap_init_all_states as vmap_init_all_states,
+    vmap_reset_all_states as vmap_reset_all_states,
 )
 from ._views import (
     leaf_values as leaf_values,
