@@ -36,16 +36,16 @@ from ._state import (
     ShortTermState as ShortTermState,
     State as State,
 )
+from ._views import (
+    leaf_values as leaf_values,
+    state_values as state_values,
+    states as states,
+)
 from ._vmap import (
     make_ensemble as make_ensemble,
     vmap_call_all_fns as vmap_call_all_fns,
     vmap_init_all_states as vmap_init_all_states,
     vmap_reset_all_states as vmap_reset_all_states,
-)
-from ._views import (
-    leaf_values as leaf_values,
-    state_values as state_values,
-    states as states,
 )
 
 

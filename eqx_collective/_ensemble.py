@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
-from ._paths import Path, is_state, keypath_to_path, path_repr
-from ._state import State, is_shared
+from ._paths import is_state, keypath_to_path, Path, path_repr
+from ._state import is_shared, State
 
 
 T = TypeVar("T")
