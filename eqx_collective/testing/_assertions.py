@@ -1,0 +1,155 @@
+"""Assertions over stateful models, with failure messages that name the path."""
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import brainunit as u
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import PyTree
+
+from .._ensemble import member
+from .._paths import is_value_leaf, keypath_to_path, map_states, path_repr
+
+
+def _unshared(tree):
+    return map_states(
+        lambda p, s: eqx.tree_at(lambda x: x.shared, s, False) if s.shared else s, tree
+    )
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, u.Quantity):
+        return f"Quantity {x.dtype}{list(x.shape)} in {x.unit}"
+    if eqx.is_array_like(x) and not isinstance(x, (bool, int, float, complex)):
+        return f"array {np.result_type(x)}{list(np.shape(x))}"
+    return repr(x)
+
+
+def _leaves(tree) -> dict:
+    leaves = jtu.tree_flatten_with_path(tree, is_leaf=is_value_leaf)[0]
+    return {keypath_to_path(kp): x for kp, x in leaves}
+
+
+def _numpy(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+def _compare_leaf(path, a, b, rtol, atol):
+    where = f"at path {path_repr(path)}"
+    if isinstance(a, u.Quantity) or isinstance(b, u.Quantity):
+        if not (isinstance(a, u.Quantity) and isinstance(b, u.Quantity)):
+            return f"{where}: {_describe(a)} != {_describe(b)} (unit vs no unit)"
+        if a.unit != b.unit:
+            return f"{where}: unit {a.unit} != {b.unit}"
+        a, b = a.mantissa, b.mantissa
+    if eqx.is_array(a) or eqx.is_array(b):
+        a, b = _numpy(a), _numpy(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{where}: {_describe(a)} != {_describe(b)}"
+        if rtol == 0 and atol == 0:
+            ok = np.array_equal(a, b, equal_nan=True)
+        else:
+            ok = np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+        if not ok:
+            diff = np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+            return f"{where}: values differ (max abs difference {diff:.3g})"
+        return None
+    if type(a) is not type(b) or a != b:
+        return f"{where}: {a!r} != {b!r}"
+    return None
+
+
+def assert_trees_equal(
+    actual: PyTree,
+    expected: PyTree,
+    *,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    ignore_shared: bool = False,
+) -> None:
+    """Asserts that two pytrees are equal: same structure (static fields included),
+    same arrays (shape, dtype, values within `rtol`/`atol`; exact by default), same
+    units. The `AssertionError` names the first path that differs.
+
+    **Arguments:**
+
+    - `actual`, `expected`: the trees.
+    - `rtol`, `atol`: tolerances for floating-point values.
+    - `ignore_shared`: compare states regardless of their `shared` mark (a member of
+        an ensemble against a single model).
+    """
+    if ignore_shared:
+        actual, expected = _unshared(actual), _unshared(expected)
+    la, lb = _leaves(actual), _leaves(expected)
+    if la.keys() != lb.keys():
+        extra = [path_repr(p) for p in la if p not in lb]
+        lacking = [path_repr(p) for p in lb if p not in la]
+        raise AssertionError(
+            f"The trees differ in structure: paths only in `actual`: {extra}; only in "
+            f"`expected`: {lacking}."
+        )
+    for path in la:
+        problem = _compare_leaf(path, la[path], lb[path], rtol, atol)
+        if problem:
+            raise AssertionError(f"The trees differ {problem}.")
+    ta = jtu.tree_structure(actual, is_leaf=is_value_leaf)
+    tb = jtu.tree_structure(expected, is_leaf=is_value_leaf)
+    if ta != tb:
+        raise AssertionError(
+            f"The trees have the same leaves but differ in structure or static fields:"
+            f"\n  actual:   {ta}\n  expected: {tb}"
+        )
+
+
+def _snapshot(tree):
+    leaves, treedef = jtu.tree_flatten(tree, is_leaf=is_value_leaf)
+    copied = [
+        x if eqx.is_array(x) or isinstance(x, u.Quantity) else copy.deepcopy(x)
+        for x in leaves
+    ]
+    return treedef.unflatten(copied)
+
+
+def assert_pure(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Calls `fn(*args, **kwargs)` and asserts it left its inputs unchanged (no
+    mutation of lists, dicts or modules inside them); returns its result."""
+    before = _snapshot((args, kwargs))
+    result = fn(*args, **kwargs)
+    try:
+        assert_trees_equal((args, kwargs), before)
+    except AssertionError as e:
+        raise AssertionError(
+            f"`{getattr(fn, '__name__', fn)}` changed its input: {e}"
+        ) from None
+    return result
+
+
+def assert_jit_matches_eager(
+    fn: Callable, *args: Any, rtol: float = 0.0, atol: float = 0.0, **kwargs: Any
+) -> Any:
+    """Asserts that `eqx.filter_jit(fn)` gives what `fn` gives eagerly (exactly, by
+    default), with no leaked tracers (`jax.checking_leaks()`); returns the result."""
+    eager = fn(*args, **kwargs)
+    with jax.checking_leaks():
+        jitted = eqx.filter_jit(fn)(*args, **kwargs)
+    assert_trees_equal(jitted, eager, rtol=rtol, atol=atol)
+    return eager
+
+
+def assert_member_matches(
+    ensemble: PyTree, index: int, expected: PyTree, *, rtol=0.0, atol=0.0
+) -> None:
+    """Asserts that member `index` of a stacked `ensemble` equals the single model
+    `expected` (ignoring which states the ensemble marks as shared)."""
+    try:
+        assert_trees_equal(
+            member(ensemble, index), expected, rtol=rtol, atol=atol, ignore_shared=True
+        )
+    except AssertionError as e:
+        raise AssertionError(f"Ensemble member {index}: {e}") from None
