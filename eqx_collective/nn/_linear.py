@@ -1,0 +1,168 @@
+"""`Linear`: a dense layer holding one `ParamState` with `{'weight', 'bias'}`."""
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import brainunit as u
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
+
+from .._state import ParamState
+from ._init import KaimingNormal, ZeroInit
+
+
+# The default initialisers: immutable, so safe to share.
+_KAIMING_NORMAL = KaimingNormal()
+_ZERO_INIT = ZeroInit()
+
+
+def as_size(size: Any, what: str, owner: str) -> tuple[int]:
+    """Normalises a layer size given as a positive `int` or a 1-tuple to a 1-tuple."""
+    value = size
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"`{owner}` takes `{what}` as an int or a 1-tuple such as `(16,)`, but "
+                f"got {size!r}."
+            )
+        (value,) = value
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"`{owner}` takes `{what}` as an int or a 1-tuple of an int, but got "
+            f"{type(size).__name__} {size!r}."
+        ) from None
+    if value <= 0:
+        raise ValueError(
+            f"`{owner}` needs a positive `{what}`, but got {size!r}. Pass the number "
+            "of features, e.g. `16` or `(16,)`."
+        )
+    return (value,)
+
+
+def make_value(
+    init: Callable | ArrayLike | u.Quantity,
+    shape: tuple[int, ...],
+    key: PRNGKeyArray | None,
+    dtype: DTypeLike | None,
+    what: str,
+) -> Array | u.Quantity:
+    """`init(shape, key=key, dtype=dtype)` for a callable `init`, else `init` itself as
+    an array (or `Quantity`) of exactly `shape`."""
+    if callable(init):
+        value = init(shape, key=key, dtype=dtype)
+    elif isinstance(init, u.Quantity):
+        value = init if dtype is None else init.astype(dtype)
+    else:
+        value = jnp.asarray(init, dtype)
+    if tuple(jnp.shape(value)) != tuple(shape):
+        raise ValueError(
+            f"The {what} must have shape {tuple(shape)}, but the initialiser gave "
+            f"shape {tuple(jnp.shape(value))}."
+        )
+    return value
+
+
+class Linear(eqx.Module):
+    """A dense layer `y = x @ W + b` (brainstate's `Linear`).
+
+    Its parameters live in **one** [`eqx_collective.ParamState`][] `weight`, whose
+    value is the dict `{'bias': (out,), 'weight': (in, out)}` (no `'bias'` key when
+    `b_init=None`), so the leaf-level paths are `(..., 'weight', 'weight')` and
+    `(..., 'weight', 'bias')` as in brainstate. The layer has no hidden state, hence no
+    `init_state` / `reset_state`: collective initialisation skips it.
+
+    The maths is unit-correct: with `brainunit` initialisers (`w_init=Normal(unit=...)`)
+    or a `Quantity` input, the units multiply through `brainunit.math.matmul`, and the
+    bias must have the unit of `x @ W`.
+
+    **Arguments:**
+
+    - `in_size`: the number of input features, an `int` or a 1-tuple.
+    - `out_size`: the number of output features, an `int` or a 1-tuple.
+    - `w_init`: the weight initialiser, called with shape `(in, out)`, or an array of
+        that shape (default [`eqx_collective.nn.KaimingNormal`][]).
+    - `b_init`: the bias initialiser, called with shape `(out,)`, an array, or `None`
+        for no bias (default [`eqx_collective.nn.ZeroInit`][]).
+    - `key`: a JAX random key (keyword-only) for the random initialisers.
+    - `dtype`: the parameters' dtype (default JAX's default float dtype).
+
+    The sizes are kept as 1-tuples in the static fields `in_size` and `out_size`.
+
+    **Raises:** `ValueError` for a size that is not positive or not a 1-tuple.
+
+    !!! Example
+
+        ```python
+        import jax, jax.numpy as jnp
+        from eqx_collective.nn import Linear
+
+        layer = Linear(24, 16, key=jax.random.key(0))
+        print(layer.weight)  # ParamState(value={'bias': f32[16], 'weight': f32[24,16]})
+        y = layer(jnp.ones((4, 24)))  # shape (4, 16)
+        ```
+    """
+
+    in_size: tuple[int] = eqx.field(static=True)
+    out_size: tuple[int] = eqx.field(static=True)
+    weight: ParamState
+
+    def __init__(
+        self,
+        in_size: int | tuple[int],
+        out_size: int | tuple[int],
+        w_init: Callable | ArrayLike | None = _KAIMING_NORMAL,
+        b_init: Callable | ArrayLike | None = _ZERO_INIT,
+        *,
+        key: PRNGKeyArray | None,
+        dtype: DTypeLike | None = None,
+    ):
+        self.in_size = as_size(in_size, "in_size", "Linear")
+        self.out_size = as_size(out_size, "out_size", "Linear")
+        if w_init is None:
+            raise ValueError(
+                "`Linear` needs a weight initialiser `w_init` (only `b_init` may be "
+                "`None`)."
+            )
+        wkey, bkey = (None, None) if key is None else jax.random.split(key)
+        shape = (self.in_size[0], self.out_size[0])
+        params = {}
+        if b_init is not None:
+            params["bias"] = make_value(b_init, self.out_size, bkey, dtype, "bias")
+        params["weight"] = make_value(w_init, shape, wkey, dtype, "weight")
+        self.weight = ParamState(params)
+
+    def __call__(
+        self, x: ArrayLike | u.Quantity, *, key: PRNGKeyArray | None = None
+    ) -> Array | u.Quantity:
+        """Applies the layer to the last axis of `x`.
+
+        **Arguments:**
+
+        - `x`: an array (or `Quantity`) of shape `(..., in)`; leading axes are batch
+            axes.
+        - `key`: ignored; accepted so that every layer can be called alike.
+
+        **Returns:** `x @ W + b`, of shape `(..., out)`.
+
+        **Raises:** `ValueError` if the last axis of `x` is not `in_size`.
+        """
+        del key
+        shape = jnp.shape(x)
+        if len(shape) == 0 or shape[-1] != self.in_size[0]:
+            raise ValueError(
+                f"`Linear` expects inputs whose last axis has size {self.in_size[0]} "
+                f"(`in_size={self.in_size}`), but got an input of shape {shape}. "
+                "Reshape the input, or build the layer with the right `in_size`."
+            )
+        params = self.weight.value
+        y = u.math.matmul(x, params["weight"])
+        if "bias" in params:
+            y = y + u.math.broadcast_to(params["bias"], jnp.shape(y))
+        return y
