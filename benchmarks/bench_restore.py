@@ -1,0 +1,211 @@
+"""Benchmark: restoring and persisting the states of a model with many states.
+
+Times `eqx_collective.assign_state_values` (state-level and leaf-level snapshots),
+`eqx_collective.save_states` and `eqx_collective.load_states` on a model holding `N`
+`ParamState`s with `{'weight', 'bias'}` values (N = 400 by default), and, when
+brainstate is importable, brainstate's `assign_state_values` on an equivalent
+brainstate model in the same run. Times are medians of several repeats of
+`time.perf_counter`; `ratio` is brainstate's time divided by ours (higher is better
+for us) where there is a brainstate counterpart.
+
+Run as `python benchmarks/bench_restore.py [--quick]` (`--quick`: tiny sizes, a smoke
+run for CI), or call `run(quick)` to get the rows.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import eqx_collective as ec
+
+
+class _Layer(eqx.Module):
+    weight: ec.ParamState
+
+
+class _Model(eqx.Module):
+    layers: list
+
+
+def _make_model(n: int, size: int) -> _Model:
+    return _Model(
+        [
+            _Layer(
+                ec.ParamState(
+                    {
+                        "weight": jnp.full((size, size), float(i)),
+                        "bias": jnp.zeros(size),
+                    }
+                )
+            )
+            for i in range(n)
+        ]
+    )
+
+
+def _make_brainstate_model(n: int, size: int):
+    import brainstate
+
+    class Layer(brainstate.nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.weight = brainstate.ParamState(
+                {"weight": jnp.full((size, size), float(i)), "bias": jnp.zeros(size)}
+            )
+
+    class Model(brainstate.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = brainstate.nn.Sequential(*[Layer(i) for i in range(n)])
+
+    return Model()
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm up (caches, first dispatch)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(jax.tree.leaves(out))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Runs the benchmark.
+
+    **Arguments:**
+
+    - `quick`: tiny sizes and few repeats (a smoke run).
+
+    **Returns:**
+
+    A list of rows `{'name': str, 'seconds': float, 'ratio': float | None}`; `ratio` is
+    brainstate's time over ours for the rows that have a brainstate counterpart (when
+    brainstate is importable), else `None`.
+    """
+    n, size, repeats = (8, 2, 3) if quick else (400, 4, 15)
+    model = _make_model(n, size)
+    by_state = ec.state_values(model)
+    by_leaf = ec.leaf_values(model)
+    by_dotted = {ec.path_str(k): v for k, v in by_leaf.items()}
+
+    def check(result):
+        assert not result.unexpected and not result.missing
+        return result.model
+
+    rows = []
+    ours_state = _median_time(
+        lambda: check(ec.assign_state_values(model, by_state)), repeats
+    )
+    ours_leaf = _median_time(
+        lambda: check(ec.assign_state_values(model, by_leaf)), repeats
+    )
+    ours_dotted = _median_time(
+        lambda: check(ec.assign_state_values(model, by_dotted)), repeats
+    )
+
+    bs_time = None
+    try:
+        import brainstate
+    except ImportError:
+        brainstate = None
+    if brainstate is not None:
+        bs_model = _make_brainstate_model(n, size)
+        bs_snapshot = {p: s.value for p, s in bs_model.states().items()}
+        # Sanity: the same key set, and brainstate's call matches them all.
+        unexpected, missing = brainstate.nn.assign_state_values(bs_model, bs_snapshot)
+        assert not unexpected and not missing, (unexpected, missing)
+        assert len(bs_snapshot) == len(by_state)
+        bs_time = _median_time(
+            lambda: brainstate.nn.assign_state_values(bs_model, bs_snapshot), repeats
+        )
+        rows.append(
+            {"name": f"brainstate assign_state_values ({n} states)", "seconds": bs_time}
+        )
+
+    def ratio(t):
+        return None if bs_time is None else bs_time / t
+
+    rows.append(
+        {
+            "name": f"assign_state_values, state-level ({n} states)",
+            "seconds": ours_state,
+            "ratio": ratio(ours_state),
+        }
+    )
+    rows.append(
+        {
+            "name": f"assign_state_values, leaf-level ({2 * n} leaves)",
+            "seconds": ours_leaf,
+            "ratio": ratio(ours_leaf),
+        }
+    )
+    rows.append(
+        {
+            "name": f"assign_state_values, dotted leaf keys ({2 * n} leaves)",
+            "seconds": ours_dotted,
+            "ratio": ratio(ours_dotted),
+        }
+    )
+
+    jitted = eqx.filter_jit(lambda m, s: ec.assign_state_values(m, s).model)
+    jitted(model, by_state)
+    rows.append(
+        {
+            "name": f"assign_state_values under eqx.filter_jit, cached ({n} states)",
+            "seconds": _median_time(lambda: jitted(model, by_state), repeats),
+            "ratio": None,
+        }
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        file = os.path.join(tmp, "states.npz")
+        rows.append(
+            {
+                "name": f"save_states ({n} states)",
+                "seconds": _median_time(lambda: ec.save_states(file, model), repeats),
+                "ratio": None,
+            }
+        )
+        rows.append(
+            {
+                "name": f"load_states ({n} states)",
+                "seconds": _median_time(
+                    lambda: check(ec.load_states(file, model)), repeats
+                ),
+                "ratio": None,
+            }
+        )
+        loaded = ec.load_states(file, model).model
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree.leaves(loaded), jax.tree.leaves(model), strict=True
+            )
+        )
+    for row in rows:
+        row.setdefault("ratio", None)
+    return rows
+
+
+def _print_table(rows: list[dict]):
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'median ms':>10}  {'vs brainstate':>13}")
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.1f}x"
+        print(f"{r['name']:<{width}}  {r['seconds'] * 1e3:>10.3f}  {ratio:>13}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    _print_table(run(parser.parse_args().quick))

@@ -1,0 +1,557 @@
+"""Restoring values: `assign_state_values` and its `AssignResult`."""
+
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import brainunit as u
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import PyTree
+
+from ._paths import is_value_leaf, keypath_to_path, Path, path_repr, path_str
+from ._state import State
+
+
+_MAX_LISTED = 20
+
+
+class AssignResult(NamedTuple):
+    """What [`eqx_collective.assign_state_values`][] (and
+    [`eqx_collective.load_states`][]) return. A named tuple, so
+    `model, unexpected, missing = assign_state_values(...)` works.
+
+    **Fields:**
+
+    - `model`: the new model, with the given values assigned. The input model is left
+        untouched.
+    - `unexpected`: the keys that match nothing in the model, as they were given (tuple
+        or dotted string), in the order given.
+    - `missing`: what the keys left unassigned, as tuple paths in the model's order. A
+        state that no key touched is reported by its *state-level* path
+        (`('layers', 0, 'weight')`); a structured state that was only partly covered
+        reports its uncovered *leaf-level* paths (`('layers', 0, 'weight', 'bias')`).
+        (For an array- or `Quantity`-valued state the two coincide.)
+    """
+
+    model: PyTree
+    unexpected: list[Path | str]
+    missing: list[Path]
+
+
+def _is_state(x: Any) -> bool:
+    # `issubclass(type(x), ...)` rather than `isinstance`: an `eqx.Module` answers
+    # `__class__` through its slow `__getattribute__`. Same meaning as `is_state`.
+    return issubclass(type(x), State)
+
+
+def _is_value_leaf(x: Any) -> bool:
+    return issubclass(type(x), u.Quantity)  # the same as `is_value_leaf`, faster
+
+
+class _Mismatch(Exception):
+    """Raised internally by the per-leaf checks; collected into one `ValueError`."""
+
+
+class _Ambiguous:
+    """Marks a dotted string that names more than one place of the model."""
+
+    def __init__(self, *paths: Path):
+        self.paths = list(paths)
+
+
+class _StateSlot:
+    """One state of the model, its value's leaves and (lazily) their paths."""
+
+    __slots__ = ("path", "state", "leaves", "treedef", "_subpaths")
+
+    def __init__(self, path: Path, state: State):
+        self.path = path
+        self.state = state
+        self.leaves, self.treedef = jtu.tree_flatten(
+            state.value, is_leaf=_is_value_leaf
+        )
+        self._subpaths = None
+
+    @property
+    def subpaths(self) -> list[Path]:
+        """The leaves' paths relative to the state."""
+        if self._subpaths is None:
+            flat = jtu.tree_flatten_with_path(self.state.value, is_leaf=is_value_leaf)[
+                0
+            ]
+            self._subpaths = [keypath_to_path(kp) for kp, _ in flat]
+        return self._subpaths
+
+    def leaf_indices(self, sub: Path) -> list[int]:
+        """The indices of the leaves at or below `sub` (relative to the state)."""
+        if not sub:
+            return list(range(len(self.leaves)))
+        n = len(sub)
+        return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
+
+
+class _Index:
+    """Finds the state (and the place inside its value) a key names.
+
+    State-level paths are indexed eagerly; leaf-level and intermediate paths, and the
+    dotted strings of all of them, only when a key needs them. Every index is built in
+    one pass over the states, so the cost stays linear in the model's size.
+    """
+
+    def __init__(self, slots: list[_StateSlot]):
+        self.slots = slots
+        self.exact: dict[Path, tuple[int, Path]] = {
+            s.path: (i, ()) for i, s in enumerate(slots)
+        }
+        self._deep = False
+        self._dotted: dict[str, Any] | None = None
+
+    def _build_deep(self):
+        self._deep = True
+        for i, slot in enumerate(self.slots):
+            for sub in slot.subpaths:
+                for k in range(1, len(sub) + 1):
+                    self.exact.setdefault(slot.path + sub[:k], (i, sub[:k]))
+
+    def _build_dotted(self):
+        if not self._deep:
+            self._build_deep()
+        dotted: dict[str, Any] = {}
+        for path, where in self.exact.items():
+            text = path_str(path)
+            other = dotted.get(text)
+            if other is None:
+                dotted[text] = (where, path)
+            elif isinstance(other, _Ambiguous):
+                other.paths.append(path)
+            elif other[0] != where:
+                dotted[text] = _Ambiguous(other[1], path)
+        self._dotted = dotted
+
+    def lookup(self, key: Any) -> tuple[int, Path] | None:
+        if isinstance(key, tuple):
+            where = self.exact.get(key)
+            if where is not None:
+                return where
+            if not self._deep:
+                self._build_deep()
+                where = self.exact.get(key)
+                if where is not None:
+                    return where
+            _check_key(key)
+            text = path_str(key)
+        elif isinstance(key, list):
+            return self.lookup(tuple(key))
+        elif isinstance(key, str):
+            text = key
+        else:
+            _check_key(key)
+            raise AssertionError("unreachable")
+        if self._dotted is None:
+            self._build_dotted()
+        found = self._dotted.get(text)
+        if found is None:
+            return None
+        if isinstance(found, _Ambiguous):
+            raise ValueError(
+                f"The key {key!r} given to `assign_state_values` is ambiguous: as a "
+                f"dotted string it names each of {found.paths}. Pass the exact tuple "
+                f"path instead."
+            )
+        return found[0]
+
+
+def _check_key(key: Any):
+    if isinstance(key, tuple):
+        for p in key:
+            if isinstance(p, (str, int)) and not isinstance(p, bool):
+                continue
+            raise TypeError(
+                f"A key given to `assign_state_values` is a tuple of `str` and `int` "
+                f"entries or a dotted string, but {key!r} contains {p!r} of type "
+                f"{type(p).__name__}."
+            )
+        return
+    if not isinstance(key, (str, list)):
+        raise TypeError(
+            f"A key given to `assign_state_values` must be a tuple path such as "
+            f"`('layers', 0, 'weight')` or a dotted string such as "
+            f"`'layers.0.weight'`, but got {type(key).__name__} {key!r}."
+        )
+
+
+@functools.cache
+def _safe_cast(given: np.dtype, expected: np.dtype) -> bool:
+    return bool(jnp.can_cast(given, expected, casting="safe"))
+
+
+def _describe(x: Any) -> str:
+    """A short description of a leaf for error messages: `float32[4,3] (unit mV)`."""
+    if isinstance(x, u.Quantity):
+        return f"{_describe(x.mantissa)} with unit {x.unit}"
+    if isinstance(x, (bool, int, float, complex)):
+        return f"Python {type(x).__name__} {x!r}"
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{np.dtype(dtype).name}[{','.join(map(str, shape))}]"
+    return f"{type(x).__name__} {x!r}"[:80]
+
+
+_SCALAR_KINDS = {
+    bool: (jnp.bool_,),
+    int: (jnp.integer, jnp.floating, jnp.complexfloating),
+    float: (jnp.floating, jnp.complexfloating),
+    complex: (jnp.complexfloating,),
+}
+
+
+def _python_scalar(dtype: np.dtype, given: bool | int | float | complex):
+    """Converts a Python scalar to a 0-d array of `dtype` if that is safe: `dtype` is
+    of the same or a wider kind, and holds the value (exactly for an `int`; without
+    overflow for a `float` or `complex`)."""
+    if not any(jnp.issubdtype(dtype, k) for k in _SCALAR_KINDS[type(given)]):
+        raise _Mismatch
+    with np.errstate(all="ignore"):
+        try:
+            arr = np.asarray(given, dtype=dtype)
+        except OverflowError:
+            raise _Mismatch from None
+    back = arr.item()
+    if type(given) is int and back != given:
+        raise _Mismatch
+    if type(given) in (float, complex) and np.isfinite(given) and not np.isfinite(back):
+        raise _Mismatch
+    return jnp.asarray(arr)
+
+
+def _convert_array(expected: Any, given: Any) -> Any:
+    """Checks `given` against the array `expected` and returns it as a JAX array of
+    the expected dtype. Raises `_Mismatch(expected description)` otherwise."""
+    e_shape = expected.shape
+    e_dtype = expected.dtype
+    if isinstance(given, (bool, int, float, complex)):
+        if e_shape != ():
+            raise _Mismatch(_describe(expected))
+        try:
+            return _python_scalar(np.dtype(e_dtype), given)
+        except _Mismatch:
+            raise _Mismatch(_describe(expected)) from None
+    g_shape = getattr(given, "shape", None)
+    g_dtype = getattr(given, "dtype", None)
+    if g_shape is None or g_dtype is None:
+        raise _Mismatch(_describe(expected))
+    if tuple(g_shape) != tuple(e_shape):
+        raise _Mismatch(_describe(expected))
+    if g_dtype == e_dtype:
+        if isinstance(given, jax.Array):
+            return given
+        return jnp.asarray(given)
+    if not _safe_cast(np.dtype(g_dtype), np.dtype(e_dtype)):
+        raise _Mismatch(f"{_describe(expected)} (or a dtype that casts to it safely)")
+    return jnp.asarray(given, dtype=e_dtype)
+
+
+def _is_plain_unit(unit: u.Unit) -> bool:
+    return unit.is_unitless and unit.scale == 0 and unit.factor == 1
+
+
+def _convert_leaf(expected: Any, given: Any) -> Any:
+    """Checks one leaf and returns the value to store in place of `expected`."""
+    if isinstance(expected, u.Quantity):
+        unit = expected.unit
+        if isinstance(given, u.Quantity):
+            g_unit = given.unit
+            if g_unit is unit or g_unit == unit:
+                mantissa = given.mantissa
+            elif not g_unit.has_same_dim(unit):
+                raise _Mismatch(
+                    f"{_describe(expected)} (or a unit of the same dimension, "
+                    f"{unit.dim})"
+                )
+            else:
+                m = given.mantissa
+                if jnp.issubdtype(expected.mantissa.dtype, jnp.integer):
+                    raise _Mismatch(
+                        f"{_describe(expected)} (an integer state is only assigned "
+                        f"in its own unit, {unit})"
+                    )
+                m_dtype = getattr(m, "dtype", None)
+                if m_dtype is not None and not _safe_cast(
+                    np.dtype(m_dtype), np.dtype(expected.mantissa.dtype)
+                ):
+                    raise _Mismatch(_describe(expected))
+                mantissa = u.Quantity(
+                    jnp.asarray(m, dtype=expected.mantissa.dtype), unit=g_unit
+                ).to_decimal(unit)
+        elif _is_plain_unit(unit):
+            mantissa = given
+        else:
+            raise _Mismatch(
+                f"{_describe(expected)} (a `brainunit.Quantity`; multiply the value by "
+                f"`{unit}`)"
+            )
+        try:
+            new = _convert_array(expected.mantissa, mantissa)
+        except _Mismatch as e:
+            raise _Mismatch(f"{e.args[0]} with unit {unit}") from None
+        return u.Quantity(new, unit=unit)
+    if isinstance(given, u.Quantity):
+        if not _is_plain_unit(given.unit):
+            if given.unit.is_unitless:
+                given = given.to_decimal()
+            else:
+                raise _Mismatch(
+                    f"{_describe(expected)} without a unit (strip the unit with "
+                    f"`.to_decimal(unit)` or `.mantissa` if that is what you mean)"
+                )
+        else:
+            given = given.mantissa
+    if not hasattr(expected, "shape") or not hasattr(expected, "dtype"):
+        # A non-array leaf (a Python scalar or object) is replaced by a value of the
+        # same type; there is no shape or dtype to check.
+        if type(given) is not type(expected):
+            raise _Mismatch(f"a {type(expected).__name__}")
+        return given
+    return _convert_array(expected, given)
+
+
+@functools.cache
+def _value_position(cls: type, treedef: jtu.PyTreeDef) -> int:
+    """Where `value` is among the children of a state of type `cls` (one level)."""
+    del cls
+    return jtu.tree_unflatten(treedef, range(treedef.num_leaves)).value
+
+
+def _get_dict(obj: Any) -> dict:
+    # Bypasses `eqx.Module.__getattribute__`, which is slow.
+    return object.__getattribute__(obj, "__dict__")
+
+
+def _with_value(state: State, value: Any) -> State:
+    """`state` with its `value` replaced, rebuilding only this one node."""
+    try:
+        fields = _get_dict(state)
+    except AttributeError:
+        fields = None
+    if fields is not None and "value" in fields:
+        # What unflattening an `eqx.Module` does (a new instance whose fields are set
+        # directly, no `__init__`), for one field, without flattening the others.
+        new = object.__new__(type(state))
+        new_fields = _get_dict(new)
+        new_fields.update(fields)
+        new_fields["value"] = value
+        return new
+    children, treedef = jtu.tree_flatten(state, is_leaf=lambda x: x is not state)
+    children[_value_position(type(state), treedef)] = value
+    return jtu.tree_unflatten(treedef, children)
+
+
+_UNSET = object()
+
+
+def assign_state_values(
+    target: PyTree, *state_dicts: Mapping[Path | str, Any], strict: bool = False
+) -> AssignResult:
+    """Returns `target` with state values taken from `state_dicts` (for example a
+    snapshot made by [`eqx_collective.state_values`][] or
+    [`eqx_collective.leaf_values`][]), and reports the keys that did not match.
+
+    The counterpart of brainstate's `assign_state_values`, but pure: `target` is not
+    modified; the new model is returned. It also works inside `jax.jit` /
+    `eqx.filter_jit` (all checks use static shapes and dtypes).
+
+    **Keys** are paths, as tuples (`('layers', 0, 'weight')`) or dotted strings
+    (`'layers.0.weight'`, matched against the model's own paths), at any level:
+
+    - *state-level*: the path of a [`eqx_collective.State`][]; the key's value replaces
+        the whole `state.value`, and must have the same structure;
+    - *leaf-level*: a path into a structured value, `('layers', 0, 'weight', 'bias')`;
+        replaces one leaf (a `brainunit.Quantity` is one leaf);
+    - a path to a sub-tree of a nested value replaces that sub-tree.
+
+    When several dicts (or several keys) name the same leaf, the later one wins.
+
+    **Checks**, against the value each one replaces; a failure assigns nothing:
+
+    - structure: the same leaves at the same paths;
+    - shape: equal;
+    - dtype: equal or a safe cast (`jnp.can_cast(..., casting='safe')`); the value is
+        cast to the state's dtype. NumPy arrays are accepted under the same rule (so a
+        `float64` array does not go into a `float32` state: cast it first); Python
+        scalars go into a dtype of the same or a wider kind that holds them (`int` into
+        an integer or floating state, `float` into a floating one);
+    - unit: a `brainunit.Quantity` in a compatible unit is converted to the state's
+        unit (`volt` into a `mV` state); another dimension, a plain value for a state
+        with a unit, or a value with a unit for a state without one is refused.
+
+    Assigned values are stored as JAX arrays (or `Quantity`s of JAX arrays) of the
+    state's dtype and unit.
+
+    **Arguments:**
+
+    - `target`: the model, any pytree holding states.
+    - `*state_dicts`: mappings from keys (see above) to values.
+    - `strict`: if `True`, unexpected or missing keys are an error too.
+
+    **Returns:**
+
+    An [`eqx_collective.AssignResult`][] `(model, unexpected, missing)`. `unexpected`
+    lists the keys that match nothing, as given. `missing` lists what was left
+    unassigned: the state-level path of a state that no key touched, or the leaf-level
+    paths of the leaves left out of a partly covered structured state.
+
+    **Raises:**
+
+    - `ValueError` naming the path, what was expected and what was given, if any value
+        fails a check; nothing is assigned.
+    - `ValueError` listing them, if `strict=True` and there are unexpected or missing
+        keys; or if a dotted key is ambiguous.
+    - `TypeError` for a key that is neither a tuple path nor a dotted string.
+
+    !!! Example
+
+        ```python
+        snapshot = ec.leaf_values(model)  # or ec.state_values(model)
+        model = train(model)
+        model, unexpected, missing = ec.assign_state_values(model, snapshot)
+        assert unexpected == [] and missing == []
+        ```
+    """
+    if not isinstance(strict, bool):
+        raise TypeError(
+            f"`assign_state_values` takes `strict=True` or `strict=False`, but got "
+            f"{strict!r}."
+        )
+    for d in state_dicts:
+        if not isinstance(d, Mapping):
+            raise TypeError(
+                f"`assign_state_values(target, *state_dicts)` takes dicts from paths to "
+                f"values, but got {type(d).__name__}. Pass the target first, then one "
+                f"or more dicts."
+            )
+
+    flat_kp, treedef = jtu.tree_flatten_with_path(target, is_leaf=_is_state)
+    slots: list[_StateSlot] = []
+    positions: list[int] = []
+    for pos, (kp, x) in enumerate(flat_kp):
+        if isinstance(x, State):
+            slots.append(_StateSlot(keypath_to_path(kp), x))
+            positions.append(pos)
+    index = _Index(slots)
+
+    # For each state, the keys naming it, in order: later keys overwrite earlier ones.
+    plans: dict[int, list[tuple[Path, Any, Any]]] = {}
+    unexpected: list = []
+    seen_unexpected: set = set()
+    for d in state_dicts:
+        for key, value in d.items():
+            where = index.lookup(key)
+            if where is None:
+                hkey = tuple(key) if isinstance(key, list) else key
+                if hkey not in seen_unexpected:
+                    seen_unexpected.add(hkey)
+                    unexpected.append(hkey)
+                continue
+            i, sub = where
+            plans.setdefault(i, []).append((sub, value, key))
+
+    errors: list[str] = []
+    updates: dict[int, list] = {}
+    missing: list[Path] = []
+    for i, slot in enumerate(slots):
+        plan = plans.get(i)
+        if plan is None:
+            missing.append(slot.path)
+            continue
+        new_leaves = [_UNSET] * len(slot.leaves)
+        for sub, value, _key in plan:
+            g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=_is_value_leaf)
+            if not sub and g_treedef == slot.treedef:
+                targets = range(len(slot.leaves))
+            else:
+                targets = slot.leaf_indices(sub)
+                g_sub = [
+                    sub + keypath_to_path(kp)
+                    for kp, _ in jtu.tree_flatten_with_path(
+                        value, is_leaf=is_value_leaf
+                    )[0]
+                ]
+                e_sub = [slot.subpaths[j] for j in targets]
+                if list(map(path_str, g_sub)) != list(map(path_str, e_sub)):
+                    expected = [path_str(p[len(sub) :]) or "<leaf>" for p in e_sub]
+                    given = [path_str(p[len(sub) :]) or "<leaf>" for p in g_sub]
+                    errors.append(
+                        f"at {path_repr(slot.path + sub)}: expected a value with "
+                        f"leaves {expected}, but got one with leaves {given} "
+                        f"(structure {g_treedef})."
+                    )
+                    continue
+            for j, leaf in zip(targets, g_leaves, strict=True):
+                expected = slot.leaves[j]
+                try:
+                    new_leaves[j] = _convert_leaf(expected, leaf)
+                except _Mismatch as e:
+                    errors.append(
+                        f"at {path_repr(slot.path + slot.subpaths[j])}: "
+                        f"expected {e.args[0]}, but got {_describe(leaf)}."
+                    )
+        unset = [j for j, x in enumerate(new_leaves) if x is _UNSET]
+        if unset:
+            missing.extend(slot.path + slot.subpaths[j] for j in unset)
+            if len(unset) == len(new_leaves):
+                continue
+            new_leaves = [
+                slot.leaves[j] if x is _UNSET else x for j, x in enumerate(new_leaves)
+            ]
+        updates[i] = new_leaves
+
+    if errors:
+        shown = errors[:_MAX_LISTED]
+        more = len(errors) - len(shown)
+        raise ValueError(
+            f"`assign_state_values` refused {len(errors)} value(s), so nothing was "
+            f"assigned:\n"
+            + "\n".join(f"  - {e}" for e in shown)
+            + (f"\n  ... and {more} more." if more else "")
+            + "\nGive each value the structure, shape, dtype (or one that casts to it "
+            "safely) and unit of the state it replaces."
+        )
+    if strict and (unexpected or missing):
+        parts = []
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected key(s) (matching nothing in the model): "
+                f"{_listing(unexpected)}"
+            )
+        if missing:
+            parts.append(
+                f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
+            )
+        raise ValueError(
+            "`assign_state_values(..., strict=True)` found "
+            + " and ".join(parts)
+            + ". Fix the keys, or pass `strict=False` to assign what matches and get "
+            "the mismatches back in the result."
+        )
+
+    if updates:
+        flat = [x for _, x in flat_kp]
+        for i, new_leaves in updates.items():
+            slot = slots[i]
+            flat[positions[i]] = _with_value(
+                slot.state, jtu.tree_unflatten(slot.treedef, new_leaves)
+            )
+        model = jtu.tree_unflatten(treedef, flat)
+    else:
+        model = target
+    return AssignResult(model, unexpected, missing)
+
+
+def _listing(keys: list) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
