@@ -349,8 +349,8 @@ def compute_fans(
         raise ValueError(
             f"`in_axis` and `out_axis` must be different axes, but both are {axes[0]}."
         )
-    receptive = math.prod(shape) / shape[axes[0]] / shape[axes[1]]
-    return shape[axes[0]] * receptive, shape[axes[1]] * receptive
+    receptive = math.prod(s for i, s in enumerate(shape) if i not in axes)
+    return float(shape[axes[0]] * receptive), float(shape[axes[1]] * receptive)
 
 
 class VarianceScaling(Initialiser):
