@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, strategies as st
+
+import eqx_collective as ec
+from eqx_collective._paths import path_hash
+
+
+def test_as_path_forms():
+    assert ec.as_path("layers.0.weight") == ("layers", 0, "weight")
+    assert ec.as_path(("layers", 0, "weight")) == ("layers", 0, "weight")
+    assert ec.as_path(["a", 1]) == ("a", 1)
+    assert ec.as_path("") == ()
+
+
+@pytest.mark.parametrize("bad", [3, None, ("a", 1.5), ("a", None), ("a", True)])
+def test_as_path_rejects_bad_input(bad):
+    with pytest.raises(TypeError, match="path"):
+        ec.as_path(bad)
+
+
+paths = st.lists(
+    st.one_of(st.integers(0, 50), st.text("abcxyz_", min_size=1, max_size=5)),
+    max_size=5,
+).map(tuple)
+
+
+@given(paths)
+def test_dotted_round_trip(path):
+    assert ec.as_path(ec.path_str(path)) == path
+
+
+@given(paths, paths)
+def test_path_hash_is_a_31_bit_function_of_the_path(a, b):
+    assert 0 <= path_hash(a) < 2**31
+    assert path_hash(a) == path_hash(tuple(a))
+    if a != b:  # a collision here is astronomically unlikely for such short inputs
+        assert path_hash(a) != path_hash(b)
+
+
+def test_path_hash_distinguishes_int_and_str_entries():
+    assert path_hash(("layers", 0)) != path_hash(("layers", "0"))
+
+
+def test_path_hash_is_stable_across_processes():
+    code = "from eqx_collective._paths import path_hash; print(path_hash(('layers', 3, 'w')))"
+    outs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        outs.add(int(out.stdout))
+    assert outs == {path_hash(("layers", 3, "w"))}

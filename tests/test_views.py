@@ -1,0 +1,103 @@
+import brainunit as u
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import eqx_collective as ec
+
+
+class Block(eqx.Module):
+    w: ec.ParamState
+    h: ec.HiddenState
+    extra: dict
+
+
+class Model(eqx.Module):
+    blocks: list
+    v: ec.HiddenState
+    mlp: eqx.nn.MLP
+
+
+@pytest.fixture
+def model(key):
+    blocks = [
+        Block(
+            ec.ParamState({"weight": jnp.ones((2, 3)), "bias": jnp.zeros(3)}),
+            ec.HiddenState(u.Quantity(jnp.zeros(3), u.mV)),
+            {"z": ec.LongTermState(jnp.arange(2), tag="counter")},
+        )
+        for _ in range(2)
+    ]
+    return Model(blocks, ec.HiddenState(jnp.zeros(1)), eqx.nn.MLP(2, 2, 4, 1, key=key))
+
+
+def test_states_in_declaration_order(model):
+    assert list(ec.states(model)) == [
+        ("blocks", 0, "w"),
+        ("blocks", 0, "h"),
+        ("blocks", 0, "extra", "z"),
+        ("blocks", 1, "w"),
+        ("blocks", 1, "h"),
+        ("blocks", 1, "extra", "z"),
+        ("v",),
+    ]
+
+
+def test_states_with_filters(model):
+    assert list(ec.states(model, ec.ParamState)) == [
+        ("blocks", 0, "w"),
+        ("blocks", 1, "w"),
+    ]
+    assert list(ec.states(model, "counter", ec.PathPrefix("v"))) == [
+        ("blocks", 0, "extra", "z"),
+        ("blocks", 1, "extra", "z"),
+        ("v",),
+    ]
+    assert ec.states(model, None) == {}
+
+
+def test_state_values(model):
+    values = ec.state_values(model, ec.HiddenState)
+    assert set(values) == {("blocks", 0, "h"), ("blocks", 1, "h"), ("v",)}
+    assert values[("v",)] is model.v.value
+
+
+def test_leaf_values_go_into_dicts_but_not_quantities(model):
+    leaves = ec.leaf_values(model, ec.PathPrefix("blocks.0"))
+    assert list(leaves) == [
+        ("blocks", 0, "w", "bias"),
+        ("blocks", 0, "w", "weight"),
+        ("blocks", 0, "h"),
+        ("blocks", 0, "extra", "z"),
+    ]
+    assert isinstance(leaves[("blocks", 0, "h")], u.Quantity)
+    assert leaves[("blocks", 0, "h")].unit == u.mV
+
+
+def test_plain_equinox_modules_are_traversed(key):
+    mlp = eqx.nn.MLP(3, 2, 8, 2, key=key)
+    assert ec.states(mlp) == {}
+    nodes = [p for p, _ in ec._paths.iter_nodes(mlp)]
+    assert nodes == [("layers", 0), ("layers", 1), ("layers", 2), ()]
+    assert ec.init_all_states(mlp) is mlp
+    assert ec.reset_all_states(mlp, key=key) is mlp
+    outs = ec.collect_all_fns(
+        mlp,
+        "__call__",
+        jnp.ones(3),
+        node_to_exclude=ec.PathPrefix("layers.1", "layers.2"),
+    )
+    assert list(outs) == [("layers", 0), ()]
+    assert outs[("layers", 0)].shape == (8,)
+    assert jnp.array_equal(outs[()], mlp(jnp.ones(3)))
+
+
+def test_views_work_under_jit(model):
+    @eqx.filter_jit
+    def f(m):
+        return ec.leaf_values(m)
+
+    with jax.checking_leaks():
+        leaves = f(model)
+    assert set(leaves) == set(ec.leaf_values(model))
