@@ -1,6 +1,7 @@
 """Restoring values: `assign_state_values` and its `AssignResult`."""
 
 import functools
+import itertools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -11,7 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._paths import is_value_leaf, keypath_to_path, Path, path_repr, path_str
+from ._paths import keypath_to_path, Path, path_repr, path_str
 from ._state import State
 
 
@@ -62,65 +63,84 @@ class _Ambiguous:
         self.paths = list(paths)
 
 
-class _StateSlot:
-    """One state of the model, its value's leaves and (lazily) their paths."""
+def _state_value(state: State) -> Any:
+    try:  # bypasses the slow `eqx.Module.__getattribute__`
+        return object.__getattribute__(state, "__dict__")["value"]
+    except (AttributeError, KeyError):
+        return state.value
 
-    __slots__ = ("path", "state", "leaves", "treedef", "_subpaths")
+
+class _StateSlot:
+    """One state of the model; its value's leaves and their paths, computed when
+    needed."""
+
+    __slots__ = ("path", "state", "_leaves", "_treedef", "_subpaths")
 
     def __init__(self, path: Path, state: State):
         self.path = path
         self.state = state
-        self.leaves, self.treedef = jtu.tree_flatten(
-            state.value, is_leaf=_is_value_leaf
-        )
+        self._leaves = None
+        self._treedef = None
         self._subpaths = None
+
+    def flat(self) -> tuple[list, jtu.PyTreeDef]:
+        if self._leaves is None:
+            self._leaves, self._treedef = jtu.tree_flatten(
+                _state_value(self.state), is_leaf=_is_value_leaf
+            )
+        return self._leaves, self._treedef
 
     @property
     def subpaths(self) -> list[Path]:
         """The leaves' paths relative to the state."""
         if self._subpaths is None:
-            flat = jtu.tree_flatten_with_path(self.state.value, is_leaf=is_value_leaf)[
-                0
-            ]
+            flat = jtu.tree_flatten_with_path(
+                _state_value(self.state), is_leaf=_is_value_leaf
+            )[0]
             self._subpaths = [keypath_to_path(kp) for kp, _ in flat]
         return self._subpaths
 
     def leaf_indices(self, sub: Path) -> list[int]:
         """The indices of the leaves at or below `sub` (relative to the state)."""
         if not sub:
-            return list(range(len(self.leaves)))
+            return list(range(len(self.flat()[0])))
         n = len(sub)
         return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
 
 
 class _Index:
-    """Finds the state (and the place inside its value) a key names.
+    """Finds the place a key names: `(state index, path inside the value, leaf index
+    if that path is a leaf's)`.
 
     State-level paths are indexed eagerly; leaf-level and intermediate paths, and the
     dotted strings of all of them, only when a key needs them. Every index is built in
     one pass over the states, so the cost stays linear in the model's size.
     """
 
-    def __init__(self, slots: list[_StateSlot]):
+    def __init__(self, slots: list[_StateSlot], exact: dict):
         self.slots = slots
-        self.exact: dict[Path, tuple[int, Path]] = {
-            s.path: (i, ()) for i, s in enumerate(slots)
-        }
-        self._deep = False
+        # state-level paths (shared between calls on models of the same structure,
+        # never modified) and the paths below them (built when needed)
+        self.exact: dict[Path, tuple[int, Path, int | None]] = exact
+        self.deep: dict[Path, tuple[int, Path, int | None]] | None = None
         self._dotted: dict[str, Any] | None = None
 
     def _build_deep(self):
-        self._deep = True
+        deep = self.deep = {}
         for i, slot in enumerate(self.slots):
-            for sub in slot.subpaths:
-                for k in range(1, len(sub) + 1):
-                    self.exact.setdefault(slot.path + sub[:k], (i, sub[:k]))
+            base = slot.path
+            for j, sub in enumerate(slot.subpaths):
+                if not sub:
+                    continue  # an array- or Quantity-valued state: its own path
+                for k in range(1, len(sub)):
+                    deep.setdefault(base + sub[:k], (i, sub[:k], None))
+                deep[base + sub] = (i, sub, j)
 
     def _build_dotted(self):
-        if not self._deep:
+        if self.deep is None:
             self._build_deep()
         dotted: dict[str, Any] = {}
-        for path, where in self.exact.items():
+        for path, where in itertools.chain(self.exact.items(), self.deep.items()):
             text = path_str(path)
             other = dotted.get(text)
             if other is None:
@@ -131,22 +151,22 @@ class _Index:
                 dotted[text] = _Ambiguous(other[1], path)
         self._dotted = dotted
 
-    def lookup(self, key: Any) -> tuple[int, Path] | None:
-        if isinstance(key, tuple):
+    def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
+        if type(key) is tuple:
             where = self.exact.get(key)
             if where is not None:
                 return where
-            if not self._deep:
+            if self.deep is None:
                 self._build_deep()
-                where = self.exact.get(key)
-                if where is not None:
-                    return where
+            where = self.deep.get(key)
+            if where is not None:
+                return where
             _check_key(key)
             text = path_str(key)
-        elif isinstance(key, list):
-            return self.lookup(tuple(key))
         elif isinstance(key, str):
             text = key
+        elif isinstance(key, (tuple, list)):
+            return self.lookup(tuple(key))
         else:
             _check_key(key)
             raise AssertionError("unreachable")
@@ -162,6 +182,29 @@ class _Index:
                 f"path instead."
             )
         return found[0]
+
+
+_LAYOUTS: dict = {}
+_MAX_LAYOUTS = 32
+
+
+def _layout(
+    target: PyTree, treedef: jtu.PyTreeDef, positions: tuple[int, ...]
+) -> tuple[list[Path], dict]:
+    """The state-level paths of `target`'s states (at `positions` among the leaves of
+    `treedef`) and the index `{path: (i, (), None)}`. They depend only on the
+    structure, so they are cached for it (a few structures at a time)."""
+    cache_key = (treedef, positions)
+    found = _LAYOUTS.get(cache_key)
+    if found is not None:
+        return found
+    flat = jtu.tree_flatten_with_path(target, is_leaf=_is_state)[0]
+    paths = [keypath_to_path(flat[p][0]) for p in positions]
+    found = (paths, {path: (i, (), None) for i, path in enumerate(paths)})
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.pop(next(iter(_LAYOUTS)))
+    _LAYOUTS[cache_key] = found
+    return found
 
 
 def _check_key(key: Any):
@@ -261,6 +304,9 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
+    if type(given) is _ArrayImpl and type(expected) is _ArrayImpl:
+        if given.shape == expected.shape and given.dtype == expected.dtype:
+            return given  # the common case, without the general checks below
     if isinstance(expected, u.Quantity):
         unit = expected.unit
         if isinstance(given, u.Quantity):
@@ -326,6 +372,26 @@ def _value_position(cls: type, treedef: jtu.PyTreeDef) -> int:
     return jtu.tree_unflatten(treedef, range(treedef.num_leaves)).value
 
 
+def _fast_state_level(state: State, value: Any) -> Any | None:
+    """The common case of a whole new value with the very structure of the old one
+    (units included: they are part of a `Quantity`'s tree structure). Returns the new
+    value, or `None` to leave it to the general path (which also reports errors)."""
+    e_leaves, e_treedef = jtu.tree_flatten(_state_value(state))
+    g_leaves, g_treedef = jtu.tree_flatten(value)
+    if g_treedef != e_treedef:
+        return None
+    new = []
+    try:
+        for e, g in zip(e_leaves, g_leaves, strict=True):
+            if type(g) is _ArrayImpl and type(e) is _ArrayImpl and g.aval == e.aval:
+                new.append(g)  # same shape and dtype: nothing to check or cast
+            else:
+                new.append(_convert_leaf(e, g))
+    except _Mismatch:
+        return None
+    return jtu.tree_unflatten(e_treedef, new)
+
+
 def _get_dict(obj: Any) -> dict:
     # Bypasses `eqx.Module.__getattribute__`, which is slow.
     return object.__getattribute__(obj, "__dict__")
@@ -351,6 +417,12 @@ def _with_value(state: State, value: Any) -> State:
 
 
 _UNSET = object()
+_ArrayImpl = type(jnp.zeros(()))
+# Types that are one leaf of a value (what a leaf-level key usually carries).
+_LEAF_TYPES = frozenset(
+    {_ArrayImpl, np.ndarray, u.Quantity, bool, int, float, complex}
+    | {type(np.dtype(c).type(0)) for c in "?bhilqBHILQefdgFDG"}
+)
 
 
 def assign_state_values(
@@ -434,17 +506,16 @@ def assign_state_values(
                 f"or more dicts."
             )
 
-    flat_kp, treedef = jtu.tree_flatten_with_path(target, is_leaf=_is_state)
-    slots: list[_StateSlot] = []
-    positions: list[int] = []
-    for pos, (kp, x) in enumerate(flat_kp):
-        if isinstance(x, State):
-            slots.append(_StateSlot(keypath_to_path(kp), x))
-            positions.append(pos)
-    index = _Index(slots)
+    flat, treedef = jtu.tree_flatten(target, is_leaf=_is_state)
+    positions = tuple(p for p, x in enumerate(flat) if issubclass(type(x), State))
+    paths, exact = _layout(target, treedef, positions)
+    slots = [
+        _StateSlot(path, flat[p]) for path, p in zip(paths, positions, strict=True)
+    ]
+    index = _Index(slots, exact)
 
     # For each state, the keys naming it, in order: later keys overwrite earlier ones.
-    plans: dict[int, list[tuple[Path, Any, Any]]] = {}
+    plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
     unexpected: list = []
     seen_unexpected: set = set()
     for d in state_dicts:
@@ -456,8 +527,12 @@ def assign_state_values(
                     seen_unexpected.add(hkey)
                     unexpected.append(hkey)
                 continue
-            i, sub = where
-            plans.setdefault(i, []).append((sub, value, key))
+            i, sub, j = where
+            plan = plans.get(i)
+            if plan is None:
+                plans[i] = [(sub, j, value)]
+            else:
+                plan.append((sub, j, value))
 
     errors: list[str] = []
     updates: dict[int, list] = {}
@@ -467,47 +542,55 @@ def assign_state_values(
         if plan is None:
             missing.append(slot.path)
             continue
-        new_leaves = [_UNSET] * len(slot.leaves)
-        for sub, value, _key in plan:
-            g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=_is_value_leaf)
-            if not sub and g_treedef == slot.treedef:
-                targets = range(len(slot.leaves))
+        if len(plan) == 1 and not plan[0][0]:
+            new_value = _fast_state_level(slot.state, plan[0][2])
+            if new_value is not None:
+                updates[i] = new_value
+                continue
+        leaves, v_treedef = slot.flat()
+        new_leaves = [_UNSET] * len(leaves)
+        for sub, j, value in plan:
+            if j is not None and type(value) in _LEAF_TYPES:
+                # a leaf-level key and a single array (the common case)
+                targets, g_leaves = (j,), (value,)
             else:
-                targets = slot.leaf_indices(sub)
-                g_sub = [
-                    sub + keypath_to_path(kp)
-                    for kp, _ in jtu.tree_flatten_with_path(
-                        value, is_leaf=is_value_leaf
-                    )[0]
-                ]
-                e_sub = [slot.subpaths[j] for j in targets]
-                if list(map(path_str, g_sub)) != list(map(path_str, e_sub)):
-                    expected = [path_str(p[len(sub) :]) or "<leaf>" for p in e_sub]
-                    given = [path_str(p[len(sub) :]) or "<leaf>" for p in g_sub]
-                    errors.append(
-                        f"at {path_repr(slot.path + sub)}: expected a value with "
-                        f"leaves {expected}, but got one with leaves {given} "
-                        f"(structure {g_treedef})."
-                    )
-                    continue
-            for j, leaf in zip(targets, g_leaves, strict=True):
-                expected = slot.leaves[j]
+                g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=_is_value_leaf)
+                if not sub and g_treedef == v_treedef:
+                    targets = range(len(leaves))
+                else:
+                    targets = slot.leaf_indices(sub)
+                    g_sub = [
+                        sub + keypath_to_path(kp)
+                        for kp, _ in jtu.tree_flatten_with_path(
+                            value, is_leaf=_is_value_leaf
+                        )[0]
+                    ]
+                    e_sub = [slot.subpaths[t] for t in targets]
+                    if list(map(path_str, g_sub)) != list(map(path_str, e_sub)):
+                        n = len(sub)
+                        expected = [path_str(p[n:]) or "<leaf>" for p in e_sub]
+                        given = [path_str(p[n:]) or "<leaf>" for p in g_sub]
+                        errors.append(
+                            f"at {path_repr(slot.path + sub)}: expected a value with "
+                            f"leaves {expected}, but got one with leaves {given} "
+                            f"(structure {g_treedef})."
+                        )
+                        continue
+            for t, leaf in zip(targets, g_leaves, strict=True):
                 try:
-                    new_leaves[j] = _convert_leaf(expected, leaf)
+                    new_leaves[t] = _convert_leaf(leaves[t], leaf)
                 except _Mismatch as e:
                     errors.append(
-                        f"at {path_repr(slot.path + slot.subpaths[j])}: "
+                        f"at {path_repr(slot.path + slot.subpaths[t])}: "
                         f"expected {e.args[0]}, but got {_describe(leaf)}."
                     )
-        unset = [j for j, x in enumerate(new_leaves) if x is _UNSET]
+        unset = [t for t, x in enumerate(new_leaves) if x is _UNSET]
         if unset:
-            missing.extend(slot.path + slot.subpaths[j] for j in unset)
-            if len(unset) == len(new_leaves):
-                continue
+            missing.extend(slot.path + slot.subpaths[t] for t in unset)
             new_leaves = [
-                slot.leaves[j] if x is _UNSET else x for j, x in enumerate(new_leaves)
+                leaves[t] if x is _UNSET else x for t, x in enumerate(new_leaves)
             ]
-        updates[i] = new_leaves
+        updates[i] = jtu.tree_unflatten(v_treedef, new_leaves)
 
     if errors:
         shown = errors[:_MAX_LISTED]
@@ -539,12 +622,9 @@ def assign_state_values(
         )
 
     if updates:
-        flat = [x for _, x in flat_kp]
-        for i, new_leaves in updates.items():
-            slot = slots[i]
-            flat[positions[i]] = _with_value(
-                slot.state, jtu.tree_unflatten(slot.treedef, new_leaves)
-            )
+        flat = list(flat)
+        for i, new_value in updates.items():
+            flat[positions[i]] = _with_value(slots[i].state, new_value)
         model = jtu.tree_unflatten(treedef, flat)
     else:
         model = target
