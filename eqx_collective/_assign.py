@@ -235,7 +235,7 @@ def _describe(x: Any) -> str:
     """A short description of a leaf for error messages: `float32[4,3] (unit mV)`."""
     if isinstance(x, u.Quantity):
         return f"{_describe(x.mantissa)} with unit {x.unit}"
-    if isinstance(x, (bool, int, float, complex)):
+    if type(x) in _SCALAR_KINDS:
         return f"Python {type(x).__name__} {x!r}"
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)
@@ -245,7 +245,7 @@ def _describe(x: Any) -> str:
 
 
 _SCALAR_KINDS = {
-    bool: (jnp.bool_,),
+    bool: (jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating),
     int: (jnp.integer, jnp.floating, jnp.complexfloating),
     float: (jnp.floating, jnp.complexfloating),
     complex: (jnp.complexfloating,),
@@ -276,7 +276,7 @@ def _convert_array(expected: Any, given: Any) -> Any:
     the expected dtype. Raises `_Mismatch(expected description)` otherwise."""
     e_shape = expected.shape
     e_dtype = expected.dtype
-    if isinstance(given, (bool, int, float, complex)):
+    if type(given) in _SCALAR_KINDS:
         if e_shape != ():
             raise _Mismatch(_describe(expected))
         try:

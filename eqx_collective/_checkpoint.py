@@ -397,7 +397,10 @@ def _read(file: File) -> tuple[dict[Path, Any], dict[Path, bool]]:
             ) from e
         raise _BadFile(f"it is not a NumPy `.npz` archive ({e})") from e
     except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise _BadFile(f"it is not a readable `.npz` archive ({e})") from e
+        raise _BadFile(
+            f"it is not a readable `.npz` archive; it may be corrupted or truncated "
+            f"({e})"
+        ) from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise _BadFile("it is a single `.npy` array, not an `.npz` archive")
     with npz:
