@@ -105,7 +105,7 @@ def test_custom_stateful_layer(key):
 
 
 def test_layers_must_be_callable():
-    with pytest.raises(TypeError, match="layer 1 is int"):
+    with pytest.raises(TypeError, match="layer 1 is a int"):
         nn.Sequential(nn.ReLU(), 3)
 
 

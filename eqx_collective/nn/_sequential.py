@@ -84,7 +84,9 @@ class Sequential(StatefulLayer):
 
     **Arguments:**
 
-    - `*layers`: the layers: modules or any callables.
+    - `*layers`: the layers: modules or any callables. (A module without `__call__`
+        may be held too, for collective operations, but calling the `Sequential`
+        then fails.)
 
     !!! Example
 
@@ -105,10 +107,10 @@ class Sequential(StatefulLayer):
 
     def __init__(self, *layers: Callable):
         for i, layer in enumerate(layers):
-            if not callable(layer):
+            if not (callable(layer) or isinstance(layer, eqx.Module)):
                 raise TypeError(
-                    f"`Sequential` takes callable layers, but layer {i} is "
-                    f"{type(layer).__name__} {layer!r}."
+                    f"`Sequential` takes layers that are modules or callables, but "
+                    f"layer {i} is a {type(layer).__name__}."
                 )
         self.layers = tuple(layers)
 
