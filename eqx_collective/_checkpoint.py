@@ -160,7 +160,7 @@ def _to_numpy(path: Path, leaf: Any) -> tuple[np.ndarray, dict]:
         "unit": unit,
         "python": python,
     }
-    return np.ascontiguousarray(stored), entry
+    return np.asarray(stored, order="C"), entry
 
 
 def save_states(file: File, model: PyTree, *filters: Filter) -> None:
