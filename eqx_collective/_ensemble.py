@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
-from ._paths import is_state, keypath_to_path, Path, path_repr
+from ._paths import is_state, iter_leaves, path_repr
 from ._state import is_shared, State
 
 
@@ -63,11 +63,6 @@ def ensemble_in_axes(ensemble: PyTree) -> PyTree:
     )
 
 
-def _leading_sizes(batched: PyTree) -> list[tuple[Path, tuple[int, ...]]]:
-    leaves = jtu.tree_flatten_with_path(batched)[0]
-    return [(keypath_to_path(kp), jnp.shape(x)) for kp, x in leaves]
-
-
 def ensemble_size(ensemble: PyTree) -> int:
     """The number of members of a stacked ensemble: the common leading axis of every
     array outside its shared states.
@@ -75,7 +70,7 @@ def ensemble_size(ensemble: PyTree) -> int:
     **Raises:** `ValueError` if `ensemble` has no such array or their leading axes
     differ (it is then not a stacked ensemble).
     """
-    shapes = _leading_sizes(split_members(ensemble)[0])
+    shapes = [(p, jnp.shape(x)) for p, x in iter_leaves(split_members(ensemble)[0])]
     if not shapes:
         raise ValueError(
             "This is not a stacked ensemble: it holds no array outside shared states, so "
@@ -184,7 +179,10 @@ def shard_ensemble(
 
     - `ensemble`: a stacked ensemble.
     - `mesh`: a `jax.sharding.Mesh` with an axis `axis_name`; by default a 1-D mesh
-        over all of `jax.devices()`.
+        over all of `jax.devices()`. Use automatic mesh axes (the default of
+        `jax.sharding.Mesh`): with explicit axes (the default of `jax.make_mesh` in
+        recent JAX) every operation under `eqx.filter_vmap` must support JAX's
+        explicit-sharding mode, and some (such as `jnp.concatenate`) do not yet.
     - `axis_name`: the mesh axis to shard the members over.
 
     **Returns:** the same ensemble, its arrays placed with `NamedSharding`s.
@@ -195,7 +193,7 @@ def shard_ensemble(
     !!! Example
 
         ```python
-        mesh = jax.make_mesh((4,), ("ensemble",))
+        mesh = jax.sharding.Mesh(jax.devices(), ("ensemble",))
         policies = ec.shard_ensemble(policies, mesh)
         ```
     """

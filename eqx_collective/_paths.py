@@ -127,6 +127,22 @@ def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
     return [(path + keypath_to_path(kp), x) for kp, x in leaves]
 
 
+def iter_leaves(tree: Any) -> list[tuple[Path, Any]]:
+    """`(path, leaf)` for every leaf of `tree`, named as everywhere in this library: the
+    leaves inside a state continue its state-level path without a `value` entry, and a
+    `brainunit.Quantity` is one leaf."""
+    out = []
+    for path, x in (
+        (keypath_to_path(kp), x)
+        for kp, x in jtu.tree_flatten_with_path(tree, is_leaf=is_state)[0]
+    ):
+        if isinstance(x, State):
+            out += iter_value_leaves(path, x.value)
+        else:
+            out += iter_value_leaves(path, x)
+    return out
+
+
 def map_states(fn: Callable[[Path, State], Any], tree: Any) -> Any:
     """Replaces every state of `tree` by `fn(path, state)`; everything else is kept."""
     return jtu.tree_map_with_path(

@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .._ensemble import member
-from .._paths import is_value_leaf, keypath_to_path, map_states, path_repr
+from .._paths import is_value_leaf, iter_leaves, map_states, path_repr
 
 
 def _unshared(tree):
@@ -30,8 +30,7 @@ def _describe(x: Any) -> str:
 
 
 def _leaves(tree) -> dict:
-    leaves = jtu.tree_flatten_with_path(tree, is_leaf=is_value_leaf)[0]
-    return {keypath_to_path(kp): x for kp, x in leaves}
+    return dict(iter_leaves(tree))
 
 
 def _numpy(x):

@@ -1,0 +1,81 @@
+"""Sharding the ensemble axis over several (simulated) CPU devices. JAX fixes the
+device count when it starts, so this runs in a separate process."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import eqx_collective as ec
+
+    assert jax.device_count() == 8, jax.devices()
+    key = jax.random.key(0)
+    cell = ec.nn.ValinaRNNCell(4, 16, key=key)
+    ens = ec.vmap_init_all_states(cell, axis_size=16, key=key)
+
+    mesh = jax.sharding.Mesh(jax.devices(), ("ensemble",))
+    sharded = ec.shard_ensemble(ens, mesh)
+    w = sharded.W.weight.value["weight"]
+    assert w.sharding.spec == jax.sharding.PartitionSpec("ensemble"), w.sharding
+    assert len(w.addressable_shards) == 8
+    assert {s.data.shape for s in w.addressable_shards} == {(2, 20, 16)}
+
+    @eqx.filter_jit
+    def step(ens, x):
+        return eqx.filter_vmap(lambda c, x: c(x), in_axes=(ec.ensemble_in_axes(ens), None))(
+            ens, x
+        )
+
+    x = jnp.ones(4)
+    y_sharded, new = step(sharded, x)
+    y_single, _ = step(ens, x)
+    np.testing.assert_allclose(y_sharded, y_single, rtol=1e-6, atol=1e-6)
+    assert len(y_sharded.sharding.device_set) == 8
+
+    reset = ec.vmap_reset_all_states(new)
+    assert reset.h.value.shape == (16, 16)
+
+    try:
+        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=12, key=key), mesh)
+    except ValueError as e:
+        assert "12 members cannot be split evenly over 8 devices" in str(e), e
+    else:
+        raise AssertionError("an uneven split was accepted")
+    # A 2-D mesh: members over one axis, replicated over the other.
+    mesh2 = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("ensemble", "data"))
+    w2 = ec.shard_ensemble(ens, mesh2).W.weight.value["weight"]
+    assert {s.data.shape for s in w2.addressable_shards} == {(4, 20, 16)}
+    try:
+        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=6, key=key), mesh2)
+    except ValueError as e:
+        assert "6 members cannot be split evenly over 4 devices" in str(e), e
+    else:
+        raise AssertionError("an uneven split was accepted")
+    print("sharding ok")
+    """
+)
+
+
+def test_sharding_over_eight_simulated_devices():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sharding ok" in out.stdout
