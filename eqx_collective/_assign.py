@@ -1,7 +1,6 @@
 """Restoring values: `assign_state_values` and its `AssignResult`."""
 
 import functools
-import itertools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -91,14 +90,32 @@ class _StateSlot:
         return self._leaves, self._treedef
 
     @property
-    def subpaths(self) -> list[Path]:
+    def subpaths(self) -> tuple[Path, ...]:
         """The leaves' paths relative to the state."""
         if self._subpaths is None:
-            flat = jtu.tree_flatten_with_path(
-                _state_value(self.state), is_leaf=_is_value_leaf
-            )[0]
-            self._subpaths = [keypath_to_path(kp) for kp, _ in flat]
+            treedef = self.flat()[1]
+            try:
+                self._subpaths = _subpaths_of(treedef)[0]
+            except Exception:  # a custom node that cannot be rebuilt from placeholders
+                flat = jtu.tree_flatten_with_path(
+                    _state_value(self.state), is_leaf=_is_value_leaf
+                )[0]
+                self._subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
         return self._subpaths
+
+    def below(self) -> tuple[tuple[Path, int | None], ...]:
+        """`(path, leaf index or None)` for every path strictly below the state."""
+        try:
+            return _subpaths_of(self.flat()[1])[1]
+        except Exception:
+            return _places_below(self.subpaths)
+
+    def below_dotted(self) -> tuple[tuple[Path, int | None, str], ...]:
+        """`below()` with the dotted form of each path."""
+        try:
+            return _subpaths_of(self.flat()[1])[2]
+        except Exception:
+            return tuple((p, j, path_str(p)) for p, j in _places_below(self.subpaths))
 
     def leaf_indices(self, sub: Path) -> list[int]:
         """The indices of the leaves at or below `sub` (relative to the state)."""
@@ -129,19 +146,13 @@ class _Index:
         deep = self.deep = {}
         for i, slot in enumerate(self.slots):
             base = slot.path
-            for j, sub in enumerate(slot.subpaths):
-                if not sub:
-                    continue  # an array- or Quantity-valued state: its own path
-                for k in range(1, len(sub)):
-                    deep.setdefault(base + sub[:k], (i, sub[:k], None))
+            for sub, j in slot.below():
                 deep[base + sub] = (i, sub, j)
 
     def _build_dotted(self):
-        if self.deep is None:
-            self._build_deep()
         dotted: dict[str, Any] = {}
-        for path, where in itertools.chain(self.exact.items(), self.deep.items()):
-            text = path_str(path)
+
+        def add(text, where, path):
             other = dotted.get(text)
             if other is None:
                 dotted[text] = (where, path)
@@ -149,6 +160,13 @@ class _Index:
                 other.paths.append(path)
             elif other[0] != where:
                 dotted[text] = _Ambiguous(other[1], path)
+
+        for i, slot in enumerate(self.slots):
+            base = path_str(slot.path)
+            add(base, (i, (), None), slot.path)
+            prefix = base + "." if slot.path else ""
+            for sub, j, text in slot.below_dotted():
+                add(prefix + text, (i, sub, j), slot.path + sub)
         self._dotted = dotted
 
     def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
@@ -182,6 +200,32 @@ class _Index:
                 f"path instead."
             )
         return found[0]
+
+
+def _places_below(subpaths: tuple[Path, ...]) -> tuple[tuple[Path, int | None], ...]:
+    """The paths strictly below a state (leaves and intermediate nodes) with the leaf
+    index of each leaf (`None` for an intermediate node)."""
+    places: dict[Path, int | None] = {}
+    for j, sub in enumerate(subpaths):
+        for k in range(1, len(sub)):
+            places.setdefault(sub[:k], None)
+        if sub:  # not an array- or Quantity-valued state's own path
+            places[sub] = j
+    return tuple(places.items())
+
+
+@functools.lru_cache(maxsize=512)
+def _subpaths_of(treedef: jtu.PyTreeDef) -> tuple[tuple, tuple, tuple]:
+    """The leaf paths of a value of structure `treedef` (flattened with `Quantity`s as
+    leaves), `_places_below` of them, and the same with dotted strings. Cached: many
+    states share a structure."""
+    skeleton = jtu.tree_unflatten(treedef, [0] * treedef.num_leaves)
+    flat = jtu.tree_flatten_with_path(skeleton)[0]
+    if len(flat) != treedef.num_leaves:
+        raise ValueError("the structure does not round-trip through placeholders")
+    subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
+    below = _places_below(subpaths)
+    return subpaths, below, tuple((p, j, path_str(p)) for p, j in below)
 
 
 _LAYOUTS: dict = {}
