@@ -280,3 +280,20 @@ def test_vmap_init_all_states_builds_an_ensemble_of_cells(key):
     assert ensemble.W.weight.value["weight"].shape == (3, 12, 8)
     reset = ec.vmap_reset_all_states(ensemble)
     assert reset.h.value.shape == (3, 2, 8) and reset.h.value.unit == u.mV
+
+
+def test_each_cell_gets_its_own_key_from_init_all_states(key):
+    cell = nn.ValinaRNNCell(2, 3, state_init=nn.Normal(), key=key)
+    model = nn.Sequential(cell, cell)
+    model = ec.init_all_states(model, batch_size=np.int64(2), key=jax.random.key(1))
+    h0, h1 = model[0].h.value, model[1].h.value
+    assert h0.shape == h1.shape == (2, 3)
+    assert not np.array_equal(h0, h1)
+    again = ec.init_all_states(
+        nn.Sequential(cell, cell), batch_size=2, key=jax.random.key(1)
+    )
+    assert_trees_equal(again, model)
+    skipped = ec.init_all_states(
+        nn.Sequential(nn.ReLU(), cell), node_to_exclude=nn.RNNCell, key=key
+    )
+    assert skipped[1].h is None

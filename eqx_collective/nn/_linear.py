@@ -86,8 +86,9 @@ class Linear(eqx.Module):
 
     - `in_size`: the number of input features, an `int` or a 1-tuple.
     - `out_size`: the number of output features, an `int` or a 1-tuple.
-    - `w_init`: the weight initialiser, called with shape `(in, out)`, or an array of
-        that shape (default [`eqx_collective.nn.KaimingNormal`][]).
+    - `w_init`: the weight initialiser, called as `w_init((in, out), key=..., dtype=...)`
+        (any [`eqx_collective.nn.Initialiser`][] or callable with that signature), or
+        an array of that shape (default [`eqx_collective.nn.KaimingNormal`][]).
     - `b_init`: the bias initialiser, called with shape `(out,)`, an array, or `None`
         for no bias (default [`eqx_collective.nn.ZeroInit`][]).
     - `key`: a JAX random key (keyword-only) for the random initialisers.

@@ -1,6 +1,7 @@
 """Recurrent cells: `ValinaRNNCell` (alias `VanillaRNNCell`), `GRUCell`, `LSTMCell`."""
 
 import abc
+import operator
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -162,11 +163,15 @@ class RNNCell(StatefulLayer):
 def _batch_shape(batch_size: int | None, owner: str) -> tuple[int, ...]:
     if batch_size is None:
         return ()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        batch_size = operator.index(batch_size)
+    except TypeError:
         raise TypeError(
             f"`{owner}` takes an int `batch_size` (or `None` for no batch axis), but got "
             f"{type(batch_size).__name__} {batch_size!r}."
-        )
+        ) from None
     if batch_size <= 0:
         raise ValueError(
             f"`{owner}` needs a positive `batch_size` (or `None`), but got {batch_size}."
