@@ -34,6 +34,14 @@ class AssignResult(NamedTuple):
         (`('layers', 0, 'weight')`); a structured state that was only partly covered
         reports its uncovered *leaf-level* paths (`('layers', 0, 'weight', 'bias')`).
         (For an array- or `Quantity`-valued state the two coincide.)
+
+    !!! Example
+
+        ```python
+        result = ec.assign_state_values(model, {"layers.0.weight.bias": jnp.zeros(8)})
+        result.missing  # [('layers', 0, 'weight', 'weight'), ('layers', 2, 'weight')]
+        model = result.model
+        ```
     """
 
     model: PyTree

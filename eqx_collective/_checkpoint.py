@@ -1,40 +1,5 @@
-"""Persisting states: `save_states` and `load_states`.
-
-## File format (version 1)
-
-A checkpoint is an uncompressed NumPy `.npz` archive (a zip of `.npy` files), readable
-with `numpy.load(file, allow_pickle=False)` and no other software:
-
-- one array per leaf of every saved state, named by its dotted *leaf-level* path
-    (`'layers.0.weight.bias'`; an array- or `Quantity`-valued state by its state-level
-    path). A `brainunit.Quantity` is saved as its mantissa, in the state's own unit.
-    Dtypes that `.npy` has no code for (`bfloat16`, the `float8` family, `int4`, ...)
-    are saved as a view of unsigned integers of the same width (`bfloat16` as
-    `uint16`), the real dtype being recorded in the metadata;
-- one entry `__eqx_collective__`: the metadata, UTF-8 JSON stored as a `uint8` array:
-
-    ```json
-    {"format": "eqx_collective.states", "version": 1,
-     "states": [{"path": ["layers", 0, "weight"], "type": "ParamState",
-                 "tag": null, "shared": false}],
-     "entries": [{"name": "layers.0.weight.bias", "path": ["layers", 0, "weight", "bias"],
-                  "state": 0, "dtype": "float32", "shape": [16],
-                  "unit": null, "python": null}]}
-    ```
-
-    `path`s are JSON lists of strings and integers (so dict keys that contain dots or
-    look like integers survive); `state` indexes `states`; `shared` is
-    [`eqx_collective.is_shared`][] of the state (saved so an ensemble's file records
-    which states carry no ensemble axis); `python` is `"bool"`, `"int"`, `"float"` or
-    `"complex"` for a leaf that was a Python scalar; `unit` is `null` or a record of a
-    `brainunit.Unit`: `{"repr", "dim": [7 exponents of the SI base dimensions], "scale",
-    "base", "factor", "name", "dispname", "is_fullname", "display_parts"}`, rebuilt
-    from those numbers and strings (nothing is evaluated).
-
-Loading never unpickles or runs anything from the file: arrays are read with
-`allow_pickle=False`, the metadata with `json`, dtypes from a fixed list of names, and
-units from the record above.
-"""
+"""Persisting states: `save_states` and `load_states` (the format is described in
+`save_states`)."""
 
 import json
 import math
@@ -164,15 +129,50 @@ def _to_numpy(path: Path, leaf: Any) -> tuple[np.ndarray, dict]:
 
 
 def save_states(file: File, model: PyTree, *filters: Filter) -> None:
-    """Saves the values of `model`'s states to `file`, in the portable `.npz` format
-    described in [`eqx_collective.load_states`][] (one array per leaf, keyed by dotted
-    leaf-level path, plus JSON metadata: dtypes, units, shared states).
+    """Saves the values of `model`'s states to `file`, in a portable `.npz` format (one
+    array per leaf, keyed by dotted leaf-level path, plus JSON metadata: dtypes, units,
+    shared states) that [`eqx_collective.load_states`][] reads back.
 
     The values are saved exactly: every dtype bit for bit (including `bfloat16`),
     `brainunit.Quantity` values in the state's own unit. A stacked ensemble is saved
     like any model (its arrays simply carry the ensemble axis). Writing to a path is
     atomic: the file is written next to the target and moved into place, so a crash
     never leaves a truncated checkpoint behind.
+
+    **File format** (version 1).
+
+    A checkpoint is an uncompressed NumPy `.npz` archive (a zip of `.npy` files), readable
+    with `numpy.load(file, allow_pickle=False)` and no other software:
+
+    - one array per leaf of every saved state, named by its dotted *leaf-level* path
+        (`'layers.0.weight.bias'`; an array- or `Quantity`-valued state by its state-level
+        path). A `brainunit.Quantity` is saved as its mantissa, in the state's own unit.
+        Dtypes that `.npy` has no code for (`bfloat16`, the `float8` family, `int4`, ...)
+        are saved as a view of unsigned integers of the same width (`bfloat16` as
+        `uint16`), the real dtype being recorded in the metadata;
+    - one entry `__eqx_collective__`: the metadata, UTF-8 JSON stored as a `uint8` array:
+
+        ```json
+        {"format": "eqx_collective.states", "version": 1,
+         "states": [{"path": ["layers", 0, "weight"], "type": "ParamState",
+                     "tag": null, "shared": false}],
+         "entries": [{"name": "layers.0.weight.bias", "path": ["layers", 0, "weight", "bias"],
+                      "state": 0, "dtype": "float32", "shape": [16],
+                      "unit": null, "python": null}]}
+        ```
+
+        `path`s are JSON lists of strings and integers (so dict keys that contain dots or
+        look like integers survive); `state` indexes `states`; `shared` is
+        [`eqx_collective.is_shared`][] of the state (saved so an ensemble's file records
+        which states carry no ensemble axis); `python` is `"bool"`, `"int"`, `"float"` or
+        `"complex"` for a leaf that was a Python scalar; `unit` is `null` or a record of a
+        `brainunit.Unit`: `{"repr", "dim": [7 exponents of the SI base dimensions], "scale",
+        "base", "factor", "name", "dispname", "is_fullname", "display_parts"}`, rebuilt
+        from those numbers and strings (nothing is evaluated).
+
+    Loading never unpickles or runs anything from the file: arrays are read with
+    `allow_pickle=False`, the metadata with `json`, dtypes from a fixed list of names, and
+    units from the record above.
 
     **Arguments:**
 
@@ -467,13 +467,10 @@ def load_states(file: File, model: PyTree, *, strict: bool = False) -> AssignRes
     The file is read in full and checked before anything is assigned; on any error the
     model is left as it was (as always, the input model is never modified).
 
-    **File format** (version 1): a NumPy `.npz` archive with one array per leaf named by
-    its dotted leaf-level path, and an `__eqx_collective__` entry holding JSON metadata
-    (format version; each leaf's tuple path, dtype, shape and unit; each state's path,
-    type, tag and whether it is shared in an ensemble). `bfloat16` and other
-    [ml_dtypes](https://github.com/jax-ml/ml_dtypes) are stored as an unsigned-integer
-    view of the same width. See the module docstring of `eqx_collective._checkpoint`
-    for the full layout. Loading never unpickles or evaluates anything from the file.
+    The file format is described in [`eqx_collective.save_states`][]. Loading never
+    unpickles or evaluates anything from the file: arrays are read with
+    `numpy.load(..., allow_pickle=False)`, the metadata with `json`, dtypes from a
+    fixed list of names, and units rebuilt from numbers and strings.
 
     **Arguments:**
 
