@@ -68,14 +68,22 @@ def _make_brainstate_model(n: int, size: int):
     return Model()
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm up (caches, first dispatch)
-    times = []
+def _median_times(fns: list, repeats: int) -> list[float]:
+    """Median time of each of `fns`, run interleaved (round-robin) so that they all see
+    the same machine load."""
+    for fn in fns:
+        fn()  # warm up (caches, first dispatch)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def _median_time(fn, repeats: int) -> float:
+    return _median_times([fn], repeats)[0]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -91,7 +99,7 @@ def run(quick: bool = False) -> list[dict]:
     brainstate's time over ours for the rows that have a brainstate counterpart (when
     brainstate is importable), else `None`.
     """
-    n, size, repeats = (8, 2, 3) if quick else (400, 4, 15)
+    n, size, repeats = (8, 2, 3) if quick else (400, 4, 25)
     model = _make_model(n, size)
     by_state = ec.state_values(model)
     by_leaf = ec.leaf_values(model)
@@ -101,18 +109,11 @@ def run(quick: bool = False) -> list[dict]:
         assert not result.unexpected and not result.missing
         return result.model
 
-    rows = []
-    ours_state = _median_time(
-        lambda: check(ec.assign_state_values(model, by_state)), repeats
-    )
-    ours_leaf = _median_time(
-        lambda: check(ec.assign_state_values(model, by_leaf)), repeats
-    )
-    ours_dotted = _median_time(
-        lambda: check(ec.assign_state_values(model, by_dotted)), repeats
-    )
-
-    bs_time = None
+    fns = [
+        lambda: check(ec.assign_state_values(model, by_state)),
+        lambda: check(ec.assign_state_values(model, by_leaf)),
+        lambda: check(ec.assign_state_values(model, by_dotted)),
+    ]
     try:
         import brainstate
     except ImportError:
@@ -124,9 +125,12 @@ def run(quick: bool = False) -> list[dict]:
         unexpected, missing = brainstate.nn.assign_state_values(bs_model, bs_snapshot)
         assert not unexpected and not missing, (unexpected, missing)
         assert len(bs_snapshot) == len(by_state)
-        bs_time = _median_time(
-            lambda: brainstate.nn.assign_state_values(bs_model, bs_snapshot), repeats
-        )
+        fns.append(lambda: brainstate.nn.assign_state_values(bs_model, bs_snapshot))
+    times = _median_times(fns, repeats)
+    ours_state, ours_leaf, ours_dotted = times[:3]
+    bs_time = times[3] if brainstate is not None else None
+    rows = []
+    if bs_time is not None:
         rows.append(
             {"name": f"brainstate assign_state_values ({n} states)", "seconds": bs_time}
         )
