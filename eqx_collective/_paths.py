@@ -124,7 +124,12 @@ def iter_states(tree: Any) -> list[tuple[Path, State]]:
 def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
     """The leaf-level paths and leaves of one state's `value` below `path`."""
     leaves = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
-    return [(path + keypath_to_path(kp), x) for kp, x in leaves]
+    # `eqx.partition` leaves `Quantity(None, unit)` behind where it removed one.
+    return [
+        (path + keypath_to_path(kp), x)
+        for kp, x in leaves
+        if not (isinstance(x, u.Quantity) and x.mantissa is None)
+    ]
 
 
 def iter_leaves(tree: Any) -> list[tuple[Path, Any]]:

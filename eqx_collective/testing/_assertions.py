@@ -1,6 +1,7 @@
 """Assertions over stateful models, with failure messages that name the path."""
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from .._paths import is_value_leaf, iter_leaves, map_states, path_repr
 
 def _unshared(tree):
     return map_states(
-        lambda p, s: eqx.tree_at(lambda x: x.shared, s, False) if s.shared else s, tree
+        lambda p, s: dataclasses.replace(s, shared=False) if s.shared else s, tree
     )
 
 
@@ -87,8 +88,8 @@ def assert_trees_equal(
         actual, expected = _unshared(actual), _unshared(expected)
     la, lb = _leaves(actual), _leaves(expected)
     if la.keys() != lb.keys():
-        extra = [path_repr(p) for p in la if p not in lb]
-        lacking = [path_repr(p) for p in lb if p not in la]
+        extra = ", ".join(path_repr(p) for p in la if p not in lb) or "none"
+        lacking = ", ".join(path_repr(p) for p in lb if p not in la) or "none"
         raise AssertionError(
             f"The trees differ in structure: paths only in `actual`: {extra}; only in "
             f"`expected`: {lacking}."
