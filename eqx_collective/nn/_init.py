@@ -2,6 +2,7 @@
 `TruncatedNormal`, the variance-scaling family and `Orthogonal`."""
 
 import abc
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ class Initialiser(eqx.Module):
         are numbers *in that unit*.
     """
 
-    unit: u.Unit = eqx.field(default=u.UNITLESS, kw_only=True)
+    unit: u.Unit = eqx.field(default=u.UNITLESS, kw_only=True, static=True)
     is_random: ClassVar[bool] = False
 
     def __check_init__(self):
@@ -174,9 +175,7 @@ class Constant(Initialiser):
     def __call__(self, shape, *, key=None, dtype=None):
         if isinstance(self.value, u.Quantity) and self.unit.is_unitless:
             unit = u.get_unit(self.value)
-            return eqx.tree_at(lambda c: c.unit, self, unit)(
-                shape, key=key, dtype=dtype
-            )
+            return dataclasses.replace(self, unit=unit)(shape, key=key, dtype=dtype)
         return super().__call__(shape, key=key, dtype=dtype)
 
     def _generate(self, shape, dtype, key):

@@ -1,0 +1,4 @@
+from .tour import main
+
+
+main()
