@@ -11,7 +11,14 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._paths import keypath_to_path, Path, path_repr, path_str
+from ._paths import (
+    is_state,
+    is_value_leaf,
+    keypath_to_path,
+    Path,
+    path_repr,
+    path_str,
+)
 from ._state import State
 
 
@@ -49,16 +56,6 @@ class AssignResult(NamedTuple):
     missing: list[Path]
 
 
-def _is_state(x: Any) -> bool:
-    # `issubclass(type(x), ...)` rather than `isinstance`: an `eqx.Module` answers
-    # `__class__` through its slow `__getattribute__`. Same meaning as `is_state`.
-    return issubclass(type(x), State)
-
-
-def _is_value_leaf(x: Any) -> bool:
-    return issubclass(type(x), u.Quantity)  # the same as `is_value_leaf`, faster
-
-
 class _Mismatch(Exception):
     """Raised internally by the per-leaf checks; collected into one `ValueError`."""
 
@@ -93,7 +90,7 @@ class _StateSlot:
     def flat(self) -> tuple[list, jtu.PyTreeDef]:
         if self._leaves is None:
             self._leaves, self._treedef = jtu.tree_flatten(
-                _state_value(self.state), is_leaf=_is_value_leaf
+                _state_value(self.state), is_leaf=is_value_leaf
             )
         return self._leaves, self._treedef
 
@@ -106,7 +103,7 @@ class _StateSlot:
                 self._subpaths = _subpaths_of(treedef)[0]
             except Exception:  # a custom node that cannot be rebuilt from placeholders
                 flat = jtu.tree_flatten_with_path(
-                    _state_value(self.state), is_leaf=_is_value_leaf
+                    _state_value(self.state), is_leaf=is_value_leaf
                 )[0]
                 self._subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
         return self._subpaths
@@ -250,7 +247,7 @@ def _layout(
     found = _LAYOUTS.get(cache_key)
     if found is not None:
         return found
-    flat = jtu.tree_flatten_with_path(target, is_leaf=_is_state)[0]
+    flat = jtu.tree_flatten_with_path(target, is_leaf=is_state)[0]
     paths = [keypath_to_path(flat[p][0]) for p in positions]
     found = (paths, {path: (i, (), None) for i, path in enumerate(paths)})
     if len(_LAYOUTS) >= _MAX_LAYOUTS:
@@ -558,7 +555,7 @@ def assign_state_values(
                 f"or more dicts."
             )
 
-    flat, treedef = jtu.tree_flatten(target, is_leaf=_is_state)
+    flat, treedef = jtu.tree_flatten(target, is_leaf=is_state)
     positions = tuple(p for p, x in enumerate(flat) if issubclass(type(x), State))
     paths, exact = _layout(target, treedef, positions)
     slots = [
@@ -606,7 +603,7 @@ def assign_state_values(
                 # a leaf-level key and a single array (the common case)
                 targets, g_leaves = (j,), (value,)
             else:
-                g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=_is_value_leaf)
+                g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
                 if not sub and g_treedef == v_treedef:
                     targets = range(len(leaves))
                 else:
@@ -614,7 +611,7 @@ def assign_state_values(
                     g_sub = [
                         sub + keypath_to_path(kp)
                         for kp, _ in jtu.tree_flatten_with_path(
-                            value, is_leaf=_is_value_leaf
+                            value, is_leaf=is_value_leaf
                         )[0]
                     ]
                     e_sub = [slot.subpaths[t] for t in targets]

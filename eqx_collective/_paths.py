@@ -76,19 +76,25 @@ def path_hash(path: Path) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest()) >> 1
 
 
+# These run on every node of every traversal: `issubclass(type(x), ...)` is several
+# times faster than `isinstance`, which asks an `eqx.Module` for its `__class__`
+# through Equinox's `__getattribute__`.
+
+
 def is_node(x: Any) -> bool:
     """Whether `x` is a module node: an `eqx.Module` that is not a
     [`eqx_collective.State`][]."""
-    return isinstance(x, eqx.Module) and not isinstance(x, State)
+    cls = type(x)
+    return issubclass(cls, eqx.Module) and not issubclass(cls, State)
 
 
 def is_state(x: Any) -> bool:
-    return isinstance(x, State)
+    return issubclass(type(x), State)
 
 
 def is_value_leaf(x: Any) -> bool:
     """Leaves of a state's value: a `brainunit.Quantity` is one leaf."""
-    return isinstance(x, u.Quantity)
+    return issubclass(type(x), u.Quantity)
 
 
 def flatten_one_level(node: Any) -> tuple[list[tuple[Path, Any]], jtu.PyTreeDef]:

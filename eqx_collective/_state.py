@@ -2,8 +2,27 @@
 
 from typing import Any
 
+import brainunit as u
 import equinox as eqx
+import jax.tree_util as jtu
+import wadler_lindig as wl
 from jaxtyping import PyTree
+
+
+class _ShortQuantity:
+    """Prints a `brainunit.Quantity` as `Quantity(f32[2,16], 'mV')`, its array
+    abbreviated like any other by `eqx.tree_pformat`."""
+
+    def __init__(self, quantity: u.Quantity):
+        self.quantity = quantity
+
+    def __pdoc__(self, **kwargs) -> wl.AbstractDoc:
+        mantissa = wl.pdoc(self.quantity.mantissa, **kwargs)
+        return (
+            wl.TextDoc("Quantity(")
+            + mantissa
+            + wl.TextDoc(f", '{self.quantity.unit}')")
+        )
 
 
 class State(eqx.Module):
@@ -49,6 +68,23 @@ class State(eqx.Module):
             raise TypeError(
                 f"A state's `shared` flag must be a bool, but got {self.shared!r}."
             )
+
+    def __pdoc__(self, **kwargs) -> wl.AbstractDoc:
+        value = jtu.tree_map(
+            lambda x: _ShortQuantity(x) if isinstance(x, u.Quantity) else x,
+            self.value,
+            is_leaf=lambda x: isinstance(x, u.Quantity),
+        )
+        fields = [("value", value)]
+        fields += [("tag", self.tag)] if self.tag is not None else []
+        fields += [("shared", True)] if self.shared else []
+        return wl.bracketed(
+            begin=wl.TextDoc(f"{type(self).__name__}("),
+            docs=wl.named_objs(fields, **kwargs),
+            sep=wl.comma,
+            end=wl.TextDoc(")"),
+            indent=kwargs.get("indent", 2),
+        )
 
 
 class ShortTermState(State):
