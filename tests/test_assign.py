@@ -546,3 +546,28 @@ def test_stacked_ensemble_with_a_shared_state():
     assert new.count.shared is True
     # a member's value (no ensemble axis) is refused for the stacked state
     refused(ensemble, {"h": members[0].h.value}, "'h'", "float32[3,4]", "float32[4]")
+
+
+# ------------------------------------------- with the library's own strategies
+
+
+@given(data=st.data())
+def test_snapshot_strategy_complete_partial_and_wrong(data):
+    from eqx_collective.testing import assert_trees_equal, module_trees, snapshots
+
+    model = data.draw(module_trees(max_depth=2))
+    complete = data.draw(snapshots(model, "complete"))
+    restored, unexpected, missing = ec.assign_state_values(model, complete.values)
+    assert unexpected == [] and missing == []
+    assert_trees_equal(restored, model)
+
+    partial = data.draw(snapshots(model, "partial"))
+    _, unexpected, missing = ec.assign_state_values(model, partial.values)
+    assert unexpected == [] and missing == partial.missing
+
+    if ec.states(model):
+        wrong = data.draw(snapshots(model, "wrong"))
+        with pytest.raises(
+            ValueError, match=ec.path_str(wrong.wrong).replace(".", r"\.")
+        ):
+            ec.assign_state_values(model, wrong.values)

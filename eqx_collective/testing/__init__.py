@@ -12,5 +12,7 @@ from ._strategies import (
     ensembles as ensembles,
     module_trees as module_trees,
     record_calls as record_calls,
+    Snapshot as Snapshot,
+    snapshots as snapshots,
     TreeNode as TreeNode,
 )

@@ -5,7 +5,7 @@ import functools
 import itertools
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import brainunit as u
 import equinox as eqx
@@ -188,3 +188,77 @@ def ensembles(draw, trees=None, max_size: int = 4):
     size = draw(st.integers(1, max_size))
     key = jax.random.key(draw(st.integers(0, 2**31 - 1)))
     return vmap_init_all_states(model, axis_size=size, key=key), model, key
+
+
+class Snapshot(NamedTuple):
+    """A snapshot drawn by [`eqx_collective.testing.snapshots`][].
+
+    - `values`: `{path: value}` to pass to [`eqx_collective.assign_state_values`][];
+        each state appears at state level or leaf by leaf, at random.
+    - `missing`: the state-level paths of the states left out (partial snapshots).
+    - `wrong`: the path of the one value made wrong, or `None`.
+    """
+
+    values: dict
+    missing: list
+    wrong: tuple | None
+
+
+def _wrong_like(kind: str, x: Any) -> Any:
+    """A value that `assign_state_values` must refuse in place of the leaf `x`."""
+    if kind == "shape":
+        return jnp.zeros((*jnp.shape(x), 2), getattr(x, "dtype", jnp.float32))
+    if kind == "unit":
+        if isinstance(x, u.Quantity):
+            return u.Quantity(x.mantissa, unit=u.second)  # another dimension
+        return u.Quantity(x, unit=u.mV)  # a unit where there is none
+    if kind == "dtype":  # no safe cast to the leaf's dtype
+        mantissa = x.mantissa if isinstance(x, u.Quantity) else x
+        if jnp.issubdtype(mantissa.dtype, jnp.floating):
+            wrong = mantissa.astype(jnp.complex64)
+        else:
+            wrong = mantissa.astype(jnp.float32)
+        return u.Quantity(wrong, unit=x.unit) if isinstance(x, u.Quantity) else wrong
+    return {"not": x, "the": x, "structure": x}  # kind == "structure"
+
+
+@st.composite
+def snapshots(draw, model: Any, kind: str = "complete") -> Snapshot:
+    """Snapshots of `model`'s state values, for testing restores.
+
+    **Arguments:**
+
+    - `model`: the model whose states are snapshotted (it must hold at least one state
+        for `kind="wrong"`).
+    - `kind`: `"complete"` (every state, so a restore reports nothing missing),
+        `"partial"` (a random subset of the states), or `"wrong"` (complete, but one
+        value has a wrong shape, dtype, unit or structure, so a restore must refuse it
+        and name its path).
+
+    **Returns:** a [`eqx_collective.testing.Snapshot`][].
+    """
+    from .._paths import iter_value_leaves
+    from .._views import states
+
+    if kind not in ("complete", "partial", "wrong"):
+        raise ValueError(
+            f"`snapshots` takes kind='complete', 'partial' or 'wrong', not {kind!r}."
+        )
+    values, missing = {}, []
+    for path, state in states(model).items():
+        if kind == "partial" and draw(st.booleans()):
+            missing.append(path)
+        elif draw(st.booleans()):
+            values[path] = state.value
+        else:
+            values.update(iter_value_leaves(path, state.value))
+    wrong = None
+    if kind == "wrong":
+        wrong = draw(st.sampled_from(sorted(values, key=str)))
+        how = draw(st.sampled_from(["shape", "dtype", "unit", "structure"]))
+        leaves = iter_value_leaves(wrong, values[wrong])
+        if how != "structure" and len(leaves) == 1:
+            values[wrong] = _wrong_like(how, leaves[0][1])
+        else:
+            values[wrong] = _wrong_like("structure", values[wrong])
+    return Snapshot(values, missing, wrong)
