@@ -113,7 +113,7 @@ def test_units_multiply_through(key):
     w = np.asarray(layer.weight.value["weight"].mantissa)
     expected = np.asarray(x.to_decimal(u.mV)) @ w  # mV * mS = uA
     np.testing.assert_allclose(y.to_decimal(u.uA), expected + 2.0, rtol=1e-5)
-    with pytest.raises(u.UnitMismatchError):
+    with pytest.raises(ValueError, match="has unit uA but the bias has unit mV"):
         nn.Linear(3, 2, nn.Normal(unit=u.mS), nn.Constant(2.0, unit=u.mV), key=key)(x)
 
 
@@ -140,3 +140,16 @@ def test_jit_grad_and_vmap(key, getkey):
     ys = eqx.filter_vmap(lambda m: m(x))(ensemble)
     assert ys.shape == (4, 7, 3)
     np.testing.assert_allclose(ys[2], nn.Linear(5, 3, key=keys[2])(x), rtol=1e-6)
+
+
+def test_unit_mismatch_with_the_bias_is_refused_eagerly_and_under_jit():
+    layer = nn.Linear(3, 2, key=jax.random.key(0))  # unitless zero bias
+    x = u.Quantity(jnp.ones(3), u.mV)
+    with pytest.raises(ValueError, match="cannot be added"):
+        layer(x)
+    with pytest.raises(ValueError, match="cannot be added"):
+        eqx.filter_jit(lambda m, x: m(x))(layer, x)
+    y = nn.Linear(3, 2, b_init=None, key=jax.random.key(0))(x)
+    assert u.get_unit(y) == u.mV
+    y = nn.Linear(3, 2, b_init=nn.ZeroInit(unit=u.mV), key=jax.random.key(0))(x)
+    assert u.get_unit(y) == u.mV

@@ -165,5 +165,15 @@ class Linear(eqx.Module):
         params = self.weight.value
         y = u.math.matmul(x, params["weight"])
         if "bias" in params:
-            y = y + u.math.broadcast_to(params["bias"], jnp.shape(y))
+            bias = params["bias"]
+            # Checked on the units alone, so that `jit` and eager agree (brainunit
+            # lets a unitless zero through eagerly, but not a traced one).
+            if u.get_unit(y).dim != u.get_unit(bias).dim:
+                raise ValueError(
+                    f"`Linear`: `x @ weight` has unit {u.get_unit(y)} but the bias has "
+                    f"unit {u.get_unit(bias)}, so they cannot be added. Give the bias "
+                    "that unit (e.g. `b_init=ZeroInit(unit=...)`), or build the layer "
+                    "with `b_init=None`."
+                )
+            y = y + u.math.broadcast_to(bias, jnp.shape(y))
         return y
