@@ -13,6 +13,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import jax
 import pytest
 
 
@@ -71,6 +72,13 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
     name = "docs_page_" + re.sub(r"\W", "_", _id(page))
     module = types.ModuleType(name)
     monkeypatch.setitem(sys.modules, name, module)
+    # JAX's default promotion rules, as in a user's script (conftest.py makes the
+    # library's own tests strict; optax's Adam, for one, needs the default).
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        _run(page, blocks, module)
+
+
+def _run(page, blocks, module):
     for line, code in blocks:
         try:
             exec(compile(code, f"{_id(page)}:{line}", "exec"), module.__dict__)
