@@ -1,0 +1,77 @@
+"""Shared helpers of the benchmarks: interleaved median timing, the optional brainstate
+import, and the row format that `run.py` prints.
+
+A row is a dict:
+
+- `area`: the benchmark module (`'collective'`, `'rollout'`, ...);
+- `name`: what was measured;
+- `seconds`: our median time;
+- `ref`: the name of what we compare against (or `None`);
+- `ref_seconds`: its median time in the same run (or `None`: not available);
+- `ratio`: `ref_seconds / seconds` (> 1 means we are faster), or `None`;
+- `note`: free text (growth factors, memory, ...), may be empty;
+- `target`: optional `(description, met: bool)` checked by `run.py`.
+"""
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+
+def import_brainstate():
+    """brainstate, or `None` if it is not importable (the `bench` extra installs it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import brainstate
+    except ImportError:
+        return None
+    return brainstate
+
+
+def interleaved_medians(
+    fns: list[Callable[[], object]], repeats: int, warmup: int = 1
+) -> list[float]:
+    """Median wall time (`time.perf_counter`) of each of `fns`, run round-robin so that
+    all of them see the same machine load. Each `fn` must block until its result is
+    ready (call `jax.block_until_ready` inside)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """`(seconds, result)` of one call of `fn`."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def row(
+    area: str,
+    name: str,
+    seconds: float,
+    ref: str | None = None,
+    ref_seconds: float | None = None,
+    note: str = "",
+    target: tuple[str, bool] | None = None,
+) -> dict:
+    ratio = None if ref_seconds is None or not seconds else ref_seconds / seconds
+    return {
+        "area": area,
+        "name": name,
+        "seconds": seconds,
+        "ref": ref,
+        "ref_seconds": ref_seconds,
+        "ratio": ratio,
+        "note": note,
+        "target": target,
+    }

@@ -1,0 +1,154 @@
+"""Benchmark: per-call dispatch overhead of a jitted training step on a large model.
+
+The model is the 800-node `nn.Sequential` of `bench_collective` (400 `nn.Linear(8, 8)`
+and 400 `nn.ReLU()`, so 800 parameter arrays). One training step: the mean squared
+error of the model on a batch of 1, its gradient with respect to the parameters, and
+an SGD update; it returns the loss and the new parameters. The compute is tiny, so the
+differences between the variants are the per-call cost of getting the arguments in and
+the results out:
+
+- `eqx.filter_jit, params/rest`: `params, rest = ec.partition(model, ec.ParamState)`
+  and `eqx.filter_jit(step)(params, rest, x, y)` returning the new `params` tree: the
+  pattern of the README and the examples;
+- `jax.jit, params/rest pytrees`: `jax.jit(step)(params, rest, x, y)` directly on the
+  module pytrees (`rest` holds no arrays here, only structure);
+- `jax.jit on flat leaves`: the parameters flattened **once**, outside the loop, with
+  `jax.tree_util.tree_flatten`, `jax.jit` on the list of arrays, the model rebuilt
+  inside the step with `tree_unflatten` + `ec.combine`, and the new parameters
+  returned as a list of arrays (Equinox's "low-overhead training loops" trick);
+- the reference: the same step hand-written in plain JAX on a flat list of
+  `[W0, b0, W1, b1, ...]`, under `jax.jit`.
+
+Reported: µs per call (median of interleaved repeats, `jax.block_until_ready`), the
+reference time over ours, and ours minus the reference (the overhead per call).
+
+Run as `python benchmarks/bench_dispatch.py [--quick]`, or call `run(quick)`.
+"""
+
+import argparse
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+import eqx_collective as ec
+
+
+try:
+    from _common import interleaved_medians, row
+    from bench_collective import make_model
+except ImportError:  # imported as `benchmarks.bench_dispatch`
+    from ._common import interleaved_medians, row
+    from .bench_collective import make_model
+
+AREA = "dispatch"
+LR = 1e-3
+
+
+def _loss(model, x, y):
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def _sgd(params, grads):
+    return jtu.tree_map(lambda p, g: p - LR * g, params, grads)
+
+
+def step_params_rest(params, rest, x, y):
+    """The training step on `(params, rest)` module trees."""
+    loss, grads = jax.value_and_grad(lambda p: _loss(ec.combine(p, rest), x, y))(params)
+    return loss, _sgd(params, grads)
+
+
+def make_leaves_step(params, rest):
+    """The flat-leaves pattern: returns `(step, leaves, rest_leaves)`,
+    `step(leaves, rest_leaves, x, y) -> (loss, new_leaves)`. Everything is flattened
+    once, here; the non-array parts of `rest` are closed over (static)."""
+    leaves, treedef = jtu.tree_flatten(params)
+    rest_arrays, rest_static = eqx.partition(rest, eqx.is_array)
+    rest_leaves, rest_treedef = jtu.tree_flatten(rest_arrays)
+
+    @jax.jit
+    def step(leaves, rest_leaves, x, y):
+        params = jtu.tree_unflatten(treedef, leaves)
+        rest = eqx.combine(jtu.tree_unflatten(rest_treedef, rest_leaves), rest_static)
+        loss, new = step_params_rest(params, rest, x, y)
+        return loss, jtu.tree_leaves(new)
+
+    return step, leaves, rest_leaves
+
+
+def reference_step(flat, x, y):
+    """The same maths by hand on `[W0, b0, W1, b1, ...]` (ours stores each layer's
+    `{'bias', 'weight'}` dict, whose leaves come bias first)."""
+
+    def loss_fn(flat):
+        h = x
+        for i in range(0, len(flat), 2):
+            b, W = flat[i], flat[i + 1]
+            h = jax.nn.relu(h @ W + b)
+        return jnp.mean((h - y) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(flat)
+    return loss, [p - LR * g for p, g in zip(flat, grads, strict=True)]
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Runs the benchmark; returns rows in the format of `_common.row`."""
+    n, repeats = (20, 5) if quick else (800, 101)
+    model = make_model(n, rnn=False)
+    params, rest = ec.partition(model, ec.ParamState)
+    x = jax.random.normal(jax.random.key(1), (1, 8))
+    y = jax.random.normal(jax.random.key(2), (1, 8))
+
+    filter_step = eqx.filter_jit(step_params_rest)
+    jax_step = jax.jit(step_params_rest)
+    leaves_step, leaves, rest_leaves = make_leaves_step(params, rest)
+    ref_step = jax.jit(reference_step)
+    flat = list(leaves)  # the same arrays, [b0, W0, b1, W1, ...]
+    assert len(flat) == n  # n / 2 layers, 2 arrays each
+
+    fns = {
+        "eqx.filter_jit, params/rest": lambda: filter_step(params, rest, x, y),
+        "jax.jit, params/rest pytrees": lambda: jax_step(params, rest, x, y),
+        "jax.jit on flat leaves": lambda: leaves_step(leaves, rest_leaves, x, y),
+        "reference": lambda: ref_step(flat, x, y),
+    }
+    fns = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in fns.items()}
+
+    # The four compute the same thing.
+    ref_loss, ref_new = ref_step(flat, x, y)
+    for name in ("eqx.filter_jit, params/rest", "jax.jit, params/rest pytrees"):
+        loss, new = fns[name]()
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        for a, b in zip(jtu.tree_leaves(new), ref_new, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    loss, new = leaves_step(leaves, rest_leaves, x, y)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+
+    times = dict(
+        zip(fns, interleaved_medians(list(fns.values()), repeats, 3), strict=True)
+    )
+    ref = times.pop("reference")
+    rows = []
+    for name, t in times.items():
+        rows.append(
+            row(
+                AREA,
+                f"training step, {name} ({n} nodes, {len(flat)} arrays)",
+                t,
+                "jax.jit, flat list",
+                ref,
+                f"overhead {1e6 * (t - ref):+.0f} µs/call",
+            )
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    from run import print_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    print_table(run(parser.parse_args().quick))

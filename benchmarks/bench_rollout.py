@@ -1,0 +1,232 @@
+"""Benchmark: a jitted recurrent rollout.
+
+`reset_all_states` followed by `jax.lax.scan` over T = 100 steps of an
+`nn.ValinaRNNCell(16, 64)` on a batch of 32, all inside one `eqx.filter_jit`, against
+
+- the same computation hand-written in plain JAX on arrays only
+  (`h = relu(concat([x, h]) @ W + b)`, `h0 = 0`, the same weights), under `jax.jit`;
+- brainstate's jitted loop (`brainstate.transform.jit` around
+  `brainstate.nn.reset_all_states` and `brainstate.transform.for_loop` of
+  `ValinaRNNCell.update`), with the same weights.
+
+Both functions return the final hidden state and the stacked hidden states; ours also
+returns the updated cell (what a user keeps). We report the steady-state time (median
+of many calls after warm-up, `jax.block_until_ready`, interleaved) and the first-call
+time (trace + compile + run) of a freshly built function. The outputs are checked to be
+equal (ours and plain JAX bit-for-bit up to float tolerance; brainstate too).
+
+Target: ours within 1.05x of the hand-written JAX (the collective operations must
+compile away).
+
+Run as `python benchmarks/bench_rollout.py [--quick]`, or call `run(quick)`.
+"""
+
+import argparse
+import statistics
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import eqx_collective as ec
+from eqx_collective import nn
+
+
+try:
+    from _common import import_brainstate, interleaved_medians, row, timed
+except ImportError:  # imported as `benchmarks.bench_rollout`
+    from ._common import import_brainstate, interleaved_medians, row, timed
+
+AREA = "rollout"
+TARGET = 1.05
+
+
+def make_ours(num_in, num_out, batch):
+    cell = nn.ValinaRNNCell(num_in, num_out, key=jax.random.key(0))
+    return ec.init_all_states(cell, batch_size=batch)
+
+
+def _rollout(cell, xs):
+    cell = ec.reset_all_states(cell)
+
+    def step(cell, x):
+        h, cell = cell(x)
+        return cell, h
+
+    cell, hs = jax.lax.scan(step, cell, xs)
+    return cell.h.value, hs, cell
+
+
+def make_ours_fn():
+    """The rollout as a user writes it: `eqx.filter_jit` over the cell. (A new function
+    object each time, so that the first call really compiles.)"""
+
+    def rollout(cell, xs):
+        return _rollout(cell, xs)
+
+    return eqx.filter_jit(rollout)
+
+
+def make_ours_leaves_fn(cell):
+    """The same rollout with the low-overhead dispatch pattern (see
+    `bench_dispatch.py`): the cell's arrays flattened once, outside, into a list;
+    `jax.jit` on the list; the cell rebuilt inside. Returns `(fn, leaves)`; `fn(leaves,
+    xs)` returns `(h, hs, new_leaves)`."""
+    arrays, static = eqx.partition(cell, eqx.is_array)
+    leaves, treedef = jax.tree_util.tree_flatten(arrays)
+
+    @jax.jit
+    def rollout(leaves, xs):
+        cell = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+        h, hs, cell = _rollout(cell, xs)
+        return h, hs, jax.tree_util.tree_leaves(eqx.filter(cell, eqx.is_array))
+
+    return rollout, leaves
+
+
+def make_jax_fn(batch, num_out):
+    @jax.jit
+    def rollout(W, b, xs):
+        def step(h, x):
+            h = jax.nn.relu(jnp.concatenate([x, h], -1) @ W + b)
+            return h, h
+
+        return jax.lax.scan(step, jnp.zeros((batch, num_out), xs.dtype), xs)
+
+    return rollout
+
+
+def make_brainstate(bst, num_in, num_out, batch, W, b):
+    cell = bst.nn.ValinaRNNCell(num_in, num_out)
+    cell.W.weight.value = {"weight": W, "bias": b}
+    bst.nn.init_all_states(cell, batch_size=batch)
+
+    def make_fn():
+        @bst.transform.jit
+        def rollout(xs):
+            # brainstate's reset without `batch_size` drops the batch axis.
+            bst.nn.reset_all_states(cell, batch_size=batch)
+            hs = bst.transform.for_loop(cell.update, xs)
+            return cell.h.value, hs
+
+        return rollout
+
+    return make_fn
+
+
+def _block(fn):
+    return lambda: jax.block_until_ready(fn())
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Runs the benchmark; returns rows in the format of `_common.row`."""
+    bst = import_brainstate()
+    if quick:
+        steps, num_in, num_out, batch, repeats, compiles = 10, 4, 8, 2, 5, 1
+    else:
+        steps, num_in, num_out, batch, repeats, compiles = 100, 16, 64, 32, 201, 3
+    xs = jax.random.normal(jax.random.key(1), (steps, batch, num_in))
+    cell = make_ours(num_in, num_out, batch)
+    W, b = cell.W.weight.value["weight"], cell.W.weight.value["bias"]
+
+    ours, plain = make_ours_fn(), make_jax_fn(batch, num_out)
+    ours_leaves, leaves = make_ours_leaves_fn(cell)
+    fns = {
+        "ours": _block(lambda: ours(cell, xs)),
+        "ours_leaves": _block(lambda: ours_leaves(leaves, xs)),
+        "jax": _block(lambda: plain(W, b, xs)),
+    }
+    h_jax, hs_jax = plain(W, b, xs)
+    for h_ours, hs_ours, _ in (ours(cell, xs), ours_leaves(leaves, xs)):
+        np.testing.assert_allclose(hs_ours, hs_jax, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(h_ours, h_jax, rtol=1e-6, atol=1e-6)
+    if bst is not None:
+        make_bs = make_brainstate(bst, num_in, num_out, batch, W, b)
+        bs_fn = make_bs()
+        fns["brainstate"] = _block(lambda: bs_fn(xs))
+        h_bs, hs_bs = bs_fn(xs)
+        np.testing.assert_allclose(hs_bs, hs_jax, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(h_bs, h_jax, rtol=1e-5, atol=1e-5)
+
+    # First call of a freshly built function: trace + compile + one run.
+    first = {k: [] for k in fns if k != "ours_leaves"}
+    for _ in range(compiles):
+        first["ours"].append(
+            timed(lambda: jax.block_until_ready(make_ours_fn()(cell, xs)))[0]
+        )
+        first["jax"].append(
+            timed(lambda: jax.block_until_ready(make_jax_fn(batch, num_out)(W, b, xs)))[
+                0
+            ]
+        )
+        if bst is not None:
+            first["brainstate"].append(
+                timed(lambda: jax.block_until_ready(make_bs()(xs)))[0]
+            )
+    first = {k: statistics.median(v) for k, v in first.items()}
+
+    steady = dict(
+        zip(fns, interleaved_medians(list(fns.values()), repeats, 5), strict=True)
+    )
+    what = f"{steps} steps, RNN {num_in}->{num_out}, batch {batch}"
+
+    def target(variant, key):
+        ratio = steady["jax"] / steady[key]
+        return (
+            f"rollout ({variant}): within {TARGET:g}x of hand-written JAX (ratio >= "
+            f"{1 / TARGET:.3f})",
+            ratio >= 1 / TARGET,
+        )
+
+    rows = [
+        row(
+            AREA,
+            f"jitted rollout, eqx.filter_jit, steady state ({what})",
+            steady["ours"],
+            "plain JAX",
+            steady["jax"],
+            "outputs equal",
+            target("eqx.filter_jit", "ours"),
+        ),
+        row(
+            AREA,
+            "jitted rollout, jax.jit on flat leaves, steady state",
+            steady["ours_leaves"],
+            "plain JAX",
+            steady["jax"],
+            "outputs equal",
+            target("jax.jit on flat leaves", "ours_leaves"),
+        ),
+        row(
+            AREA,
+            "jitted rollout, eqx.filter_jit, steady state",
+            steady["ours"],
+            "brainstate",
+            steady.get("brainstate"),
+        ),
+        row(
+            AREA,
+            "jitted rollout, first call (trace + compile)",
+            first["ours"],
+            "plain JAX",
+            first["jax"],
+            f"median of {compiles} fresh functions",
+        ),
+        row(
+            AREA,
+            "jitted rollout, first call (trace + compile)",
+            first["ours"],
+            "brainstate",
+            first.get("brainstate"),
+        ),
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    from run import print_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    print_table(run(parser.parse_args().quick))

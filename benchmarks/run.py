@@ -1,0 +1,240 @@
+"""Runs every benchmark of eqx_collective in one process and prints one table.
+
+    python benchmarks/run.py            # full run; rewrites benchmarks/RESULTS.md
+    python benchmarks/run.py --quick    # tiny sizes, a smoke run (< 60 s); prints only
+    python benchmarks/run.py --quick --write   # ... and rewrites RESULTS.md anyway
+    python benchmarks/run.py --only rollout,dispatch   # a subset of the areas
+
+Areas (one module each, every one exposing `run(quick) -> list[dict]`):
+`collective` (eager collective operations vs brainstate), `rollout` (a jitted RNN
+rollout vs hand-written JAX and brainstate), `dispatch` (per-call overhead of a jitted
+training step), `ensemble` (vmap_init_all_states and a vmapped ensemble forward vs a
+Python loop), `restore` (assign_state_values, save/load vs brainstate).
+
+Every ratio is *reference time / our time*, measured in the same run with interleaved
+repeats: > 1 means we are faster. brainstate is optional: without it, its columns say
+"n/a".
+"""
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+import warnings
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+AREAS = ("collective", "rollout", "dispatch", "ensemble", "restore")
+RESULTS = os.path.join(HERE, "RESULTS.md")
+
+# bench_restore.py's rows are `{'name', 'seconds', 'ratio'}` with ratio = brainstate /
+# ours; these are the rows it times against brainstate, and the restore target.
+RESTORE_TARGET = 5.0
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def _fmt_ratio(ratio: float | None, ref: str | None) -> str:
+    if ref is None:
+        return "n/a"
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}x"
+
+
+def _normalise_restore(rows: list[dict]) -> list[dict]:
+    """bench_restore's rows (`{'name', 'seconds', 'ratio'}`, ratio = brainstate /
+    ours) in the common format, with the restore target on the state-level row."""
+    from _common import row
+
+    out = []
+    for r in rows:
+        if r["name"].startswith("brainstate "):
+            continue  # its time is the reference column of the rows compared to it
+        # The eager assign rows have a brainstate counterpart ("n/a" without it).
+        compared = (
+            r["name"].startswith("assign_state_values, ") and "jit" not in (r["name"])
+        )
+        ratio = r.get("ratio")
+        target = None
+        if r["name"].startswith("assign_state_values, state-level"):
+            target = (
+                f"restore (assign_state_values, state-level): >= {RESTORE_TARGET:g}x "
+                "faster than brainstate",
+                ratio is not None and ratio >= RESTORE_TARGET,
+            )
+        out.append(
+            row(
+                "restore",
+                r["name"],
+                r["seconds"],
+                "brainstate" if compared else None,
+                r["seconds"] * ratio if ratio is not None else None,
+                "",
+                target,
+            )
+        )
+    return out
+
+
+def collect(quick: bool, only: tuple[str, ...] = AREAS, verbose: bool = True):
+    rows = []
+    for area in only:
+        t0 = time.perf_counter()
+        module = importlib.import_module(f"bench_{area}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            area_rows = module.run(quick)
+        if area == "restore":
+            area_rows = _normalise_restore(area_rows)
+        rows += area_rows
+        if verbose:
+            print(
+                f"[{area}: {time.perf_counter() - t0:.1f} s]",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The table as Markdown lines (also readable as plain text)."""
+    header = ["area", "benchmark", "ours", "reference", "ref. time", "ratio", "note"]
+    body = [
+        [
+            r["area"],
+            r["name"],
+            _fmt_time(r["seconds"]),
+            r["ref"] or "",
+            _fmt_time(r["ref_seconds"]) if r["ref"] else "",
+            _fmt_ratio(r["ratio"], r["ref"]) if r["ref"] else "",
+            r["note"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+
+    def line(cells):
+        return (
+            "| "
+            + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+            + " |"
+        )
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return [line(header), sep, *(line(b) for b in body)]
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    return [
+        f"- {'met' if met else 'MISSED'}: {desc}"
+        for desc, met in (r["target"] for r in rows if r.get("target"))
+    ]
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n".join(table_lines(rows)))
+    targets = target_lines(rows)
+    if targets:
+        print("\nTargets (ratios measured in this run):")
+        print("\n".join(targets))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_lines() -> list[str]:
+    import equinox
+    import jax
+    from _common import import_brainstate
+
+    bst = import_brainstate()
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {platform.platform()}",
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores",
+        f"- Python {platform.python_version()}, jax {jax.__version__} "
+        f"({jax.default_backend()}), equinox {equinox.__version__}, brainstate "
+        f"{bst.__version__ if bst is not None else 'n/a (not installed)'}",
+    ]
+
+
+def write_results(rows: list[dict], quick: bool, elapsed: float) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python benchmarks/run.py"
+        + (" --quick --write" if quick else "")
+        + "`; do not edit by hand. "
+        "Times are medians of interleaved repeats in one process (`time.perf_counter`, "
+        "`jax.block_until_ready`); **ratio = reference time / our time** (> 1: we are "
+        "faster), measured in the same run.",
+        "",
+        *machine_lines(),
+        f"- mode: {'quick (smoke sizes)' if quick else 'full'}, {elapsed:.0f} s",
+        "",
+        "## Targets",
+        "",
+        *target_lines(rows),
+        "",
+        "## Results",
+        "",
+        *table_lines(rows),
+        "",
+        "See each `benchmarks/bench_*.py` docstring for what exactly is measured.",
+        "",
+    ]
+    with open(RESULTS, "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite RESULTS.md even with --quick"
+    )
+    parser.add_argument(
+        "--only", default=",".join(AREAS), help=f"comma-separated subset of {AREAS}"
+    )
+    args = parser.parse_args(argv)
+    only = tuple(a.strip() for a in args.only.split(",") if a.strip())
+    unknown = set(only) - set(AREAS)
+    if unknown:
+        parser.error(f"unknown areas {sorted(unknown)}; choose from {AREAS}")
+    t0 = time.perf_counter()
+    rows = collect(args.quick, only)
+    elapsed = time.perf_counter() - t0
+    print("\n".join(machine_lines()))
+    print()
+    print_table(rows)
+    if (not args.quick or args.write) and only == AREAS:
+        write_results(rows, args.quick, elapsed)
+        print(f"\nwrote {os.path.relpath(RESULTS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
