@@ -2,8 +2,10 @@
 page's blocks in order, in one namespace), and the site builds with `mkdocs build
 --strict` without a warning.
 
-A block fenced as ```python {skip} (or any other info string) is not run; keep those
-rare."""
+Only blocks whose info string is exactly `python` run: the brainstate cells shown for
+comparison are fenced ```py, and ```python {skip} is there for the rare block that must
+not run. Code examples inside docstrings (rendered on the API pages) are not run here.
+"""
 
 import os
 import re
