@@ -59,11 +59,6 @@ def test_fence_parser():
     assert python_blocks(text) == [(3, "x = 1\n"), (12, "y = 2\n")]
 
 
-# The README's pure-call-protocol block uses `eqx` without importing it (the README
-# belongs to another part of the project; reported rather than edited here).
-KNOWN_README_GAP = "name 'eqx' is not defined"
-
-
 @pytest.mark.parametrize("page", PAGES, ids=_id)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     blocks = python_blocks(page.read_text())
@@ -84,10 +79,6 @@ def _run(page, blocks, module):
     for line, code in blocks:
         try:
             exec(compile(code, f"{_id(page)}:{line}", "exec"), module.__dict__)
-        except NameError as e:
-            if page.name == "README.md" and str(e) == KNOWN_README_GAP:
-                pytest.xfail(f"README.md:{line}: {e} (missing `import equinox as eqx`)")
-            raise AssertionError(f"{_id(page)}, block at line {line}: {e!r}") from e
         except Exception as e:
             raise AssertionError(f"{_id(page)}, block at line {line}: {e!r}") from e
 
