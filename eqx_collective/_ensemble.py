@@ -37,7 +37,9 @@ def split_members(tree: PyTree) -> tuple[PyTree, PyTree]:
 
 def ensemble_in_axes(ensemble: PyTree) -> PyTree:
     """The `in_axes` to give `eqx.filter_vmap` for `ensemble`: axis 0 for its arrays,
-    `None` for its shared states (see [`eqx_collective.State`][]).
+    `None` for its shared states (see [`eqx_collective.State`][]). When the vmapped
+    function returns an updated ensemble, pass the same spec as its `out_axes`, so the
+    shared states come back without an ensemble axis.
 
     **Arguments:**
 
