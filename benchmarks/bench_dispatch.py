@@ -15,7 +15,12 @@ the results out:
 - `jax.jit on flat leaves`: the parameters flattened **once**, outside the loop, with
   `jax.tree_util.tree_flatten`, `jax.jit` on the list of arrays, the model rebuilt
   inside the step with `tree_unflatten` + `ec.combine`, and the new parameters
-  returned as a list of arrays (Equinox's "low-overhead training loops" trick);
+  returned as a list of arrays; a training loop then carries the list from step to
+  step and rebuilds the model (`tree_unflatten` + `ec.combine`) only when it needs
+  it (e.g. for a checkpoint). This is the recommended pattern for per-step calls on
+  large models: it pays Python-level pytree flattening of the Equinox modules once,
+  not on every call (both `eqx.filter_jit` and `jax.jit` on module pytrees flatten
+  every module node in Python on every call, arguments and results);
 - the reference: the same step hand-written in plain JAX on a flat list of
   `[W0, b0, W1, b1, ...]`, under `jax.jit`.
 

@@ -15,8 +15,14 @@ of many calls after warm-up, `jax.block_until_ready`, interleaved) and the first
 time (trace + compile + run) of a freshly built function. The outputs are checked to be
 equal (ours and plain JAX bit-for-bit up to float tolerance; brainstate too).
 
-Target: ours within 1.05x of the hand-written JAX (the collective operations must
-compile away).
+Ours is timed twice: as a user writes it (`eqx.filter_jit(rollout)(cell, xs)`), and
+with the low-overhead dispatch pattern of `bench_dispatch.py` (`jax.jit` on the cell's
+arrays flattened once into a list). The compiled programs of the latter and of the
+plain JAX are the same up to the copies of the returned weights, so the second row
+shows that the collective operations compile away; the first adds Equinox's per-call
+cost of flattening the cell in and out.
+
+Target: ours within 1.05x of the hand-written JAX.
 
 Run as `python benchmarks/bench_rollout.py [--quick]`, or call `run(quick)`.
 """
