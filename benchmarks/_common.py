@@ -10,7 +10,8 @@ A row is a dict:
 - `ref_seconds`: its median time in the same run (or `None`: not available);
 - `ratio`: `ref_seconds / seconds` (> 1 means we are faster), or `None`;
 - `note`: free text (growth factors, memory, ...), may be empty;
-- `target`: optional `(description, met: bool)` checked by `run.py`.
+- `target`: optional `(description, met)` listed by `run.py`; `met` is `True`,
+  `False`, or `None` when there is nothing to compare with (brainstate missing).
 """
 
 import statistics
@@ -62,7 +63,7 @@ def row(
     ref: str | None = None,
     ref_seconds: float | None = None,
     note: str = "",
-    target: tuple[str, bool] | None = None,
+    target: tuple[str, bool | None] | None = None,
 ) -> dict:
     ratio = None if ref_seconds is None or not seconds else ref_seconds / seconds
     return {

@@ -235,4 +235,5 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    print_table(run(parser.parse_args().quick))
+    args = parser.parse_args()
+    print_table(run(args.quick), args.quick)

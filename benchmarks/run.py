@@ -3,7 +3,7 @@
     python benchmarks/run.py            # full run; rewrites benchmarks/RESULTS.md
     python benchmarks/run.py --quick    # tiny sizes, a smoke run (< 60 s); prints only
     python benchmarks/run.py --quick --write   # ... and rewrites RESULTS.md anyway
-    python benchmarks/run.py --only rollout,dispatch   # a subset of the areas
+    python benchmarks/run.py --only rollout,dispatch   # a subset (never writes RESULTS.md)
 
 Areas (one module each, every one exposing `run(quick) -> list[dict]`):
 `collective` (eager collective operations vs brainstate), `rollout` (a jitted RNN
@@ -75,7 +75,7 @@ def _normalise_restore(rows: list[dict]) -> list[dict]:
             target = (
                 f"restore (assign_state_values, state-level): >= {RESTORE_TARGET:g}x "
                 "faster than brainstate",
-                ratio is not None and ratio >= RESTORE_TARGET,
+                None if ratio is None else ratio >= RESTORE_TARGET,
             )
         out.append(
             row(
@@ -140,17 +140,23 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 
 def target_lines(rows: list[dict]) -> list[str]:
+    """One line per target: met, MISSED, or n/a (no reference to compare with)."""
+    verdict = {True: "met", False: "MISSED", None: "n/a"}
     return [
-        f"- {'met' if met else 'MISSED'}: {desc}"
+        f"- {verdict[met]}: {desc}"
         for desc, met in (r["target"] for r in rows if r.get("target"))
     ]
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], quick: bool = False) -> None:
     print("\n".join(table_lines(rows)))
     targets = target_lines(rows)
     if targets:
-        print("\nTargets (ratios measured in this run):")
+        print(
+            "\nTargets (quick mode: smoke sizes and few repeats, not meaningful):"
+            if quick
+            else "\nTargets (ratios measured in this run):"
+        )
         print("\n".join(targets))
 
 
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t0
     print("\n".join(machine_lines()))
     print()
-    print_table(rows)
+    print_table(rows, args.quick)
     if (not args.quick or args.write) and only == AREAS:
         write_results(rows, args.quick, elapsed)
         print(f"\nwrote {os.path.relpath(RESULTS)}")
