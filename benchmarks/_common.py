@@ -14,6 +14,7 @@ A row is a dict:
   `False`, or `None` when there is nothing to compare with (brainstate missing).
 """
 
+import gc
 import statistics
 import time
 import warnings
@@ -36,16 +37,23 @@ def interleaved_medians(
 ) -> list[float]:
     """Median wall time (`time.perf_counter`) of each of `fns`, run round-robin so that
     all of them see the same machine load. Each `fn` must block until its result is
-    ready (call `jax.block_until_ready` inside)."""
+    ready (call `jax.block_until_ready` inside).
+
+    The order rotates from one round to the next, and a full garbage collection runs
+    (untimed) before each round, so that the garbage one function leaves behind is not
+    systematically collected during the function that follows it."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
+    order = list(range(len(fns)))
+    for r in range(repeats):
+        gc.collect()
+        shift = r % len(fns)
+        for i in order[shift:] + order[:shift]:
             t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
 
 
