@@ -39,16 +39,19 @@ def interleaved_medians(
     all of them see the same machine load. Each `fn` must block until its result is
     ready (call `jax.block_until_ready` inside).
 
-    The order rotates from one round to the next, and a full garbage collection runs
-    (untimed) before each round, so that the garbage one function leaves behind is not
-    systematically collected during the function that follows it."""
+    The order rotates from one round to the next, so that the garbage one function
+    leaves behind is not always collected during the same other function; a full
+    garbage collection runs (untimed) before the first round, and a young-generation
+    one before each round (a full one per round would cost tens of ms with JAX's
+    heap)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     order = list(range(len(fns)))
+    gc.collect()
     for r in range(repeats):
-        gc.collect()
+        gc.collect(1)
         shift = r % len(fns)
         for i in order[shift:] + order[:shift]:
             t0 = time.perf_counter()
