@@ -11,6 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from ._module import replace_fields
 from ._paths import (
     is_state,
     is_value_leaf,
@@ -414,13 +415,6 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
     return _convert_array(expected, given)
 
 
-@functools.cache
-def _value_position(cls: type, treedef: jtu.PyTreeDef) -> int:
-    """Where `value` is among the children of a state of type `cls` (one level)."""
-    del cls
-    return jtu.tree_unflatten(treedef, range(treedef.num_leaves)).value
-
-
 def _fast_state_level(state: State, value: Any) -> Any | None:
     """The common case of a whole new value with the very structure of the old one
     (units included: they are part of a `Quantity`'s tree structure). Returns the new
@@ -439,30 +433,6 @@ def _fast_state_level(state: State, value: Any) -> Any | None:
     except _Mismatch:
         return None
     return jtu.tree_unflatten(e_treedef, new)
-
-
-def _get_dict(obj: Any) -> dict:
-    # Bypasses `eqx.Module.__getattribute__`, which is slow.
-    return object.__getattribute__(obj, "__dict__")
-
-
-def _with_value(state: State, value: Any) -> State:
-    """`state` with its `value` replaced, rebuilding only this one node."""
-    try:
-        fields = _get_dict(state)
-    except AttributeError:
-        fields = None
-    if fields is not None and "value" in fields:
-        # What unflattening an `eqx.Module` does (a new instance whose fields are set
-        # directly, no `__init__`), for one field, without flattening the others.
-        new = object.__new__(type(state))
-        new_fields = _get_dict(new)
-        new_fields.update(fields)
-        new_fields["value"] = value
-        return new
-    children, treedef = jtu.tree_flatten(state, is_leaf=lambda x: x is not state)
-    children[_value_position(type(state), treedef)] = value
-    return jtu.tree_unflatten(treedef, children)
 
 
 _UNSET = object()
@@ -673,7 +643,7 @@ def assign_state_values(
     if updates:
         flat = list(flat)
         for i, new_value in updates.items():
-            flat[positions[i]] = _with_value(slots[i].state, new_value)
+            flat[positions[i]] = replace_fields(slots[i].state, value=new_value)
         model = jtu.tree_unflatten(treedef, flat)
     else:
         model = target

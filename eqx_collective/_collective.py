@@ -11,6 +11,7 @@ import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._filters import Filter, to_predicate
+from ._module import method
 from ._paths import flatten_one_level, is_node, iter_nodes, Path, path_hash, path_repr
 
 
@@ -116,7 +117,7 @@ def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list[Pa
     for path, node in iter_nodes(target):
         if exclude(path, node):
             continue
-        if not hasattr(node, fn_name):
+        if not hasattr(type(node), fn_name):
             missing.append((path, node))
             continue
         level = _level(node, fn_name)
@@ -148,7 +149,7 @@ def _invoke(node, path, fn_name, args, kwargs, key, op):
                 "its own key derived from it and its path."
             )
     try:
-        return getattr(node, fn_name)(*args, **kwargs)
+        return method(node, fn_name)(*args, **kwargs)
     except Exception as e:
         e.add_note(
             f"(raised by `{fn_name}` of the node at path {path_repr(path)} "

@@ -1,3 +1,5 @@
+import dataclasses
+
 import brainunit as u
 import equinox as eqx
 import hypothesis.strategies as st
@@ -195,12 +197,12 @@ def test_units(init):
     key = jax.random.key(0)
     plain = init((5, 4), key=key)
     assert isinstance(plain, jax.Array) and not isinstance(plain, u.Quantity)
-    with_unit = eqx.tree_at(lambda i: i.unit, init, u.mV)((5, 4), key=key)
+    with_unit = dataclasses.replace(init, unit=u.mV)((5, 4), key=key)
     assert isinstance(with_unit, u.Quantity)
     assert with_unit.unit == u.mV
     np.testing.assert_array_equal(with_unit.mantissa, plain)
     # A dimensionless unit gives plain numbers.
-    dimensionless = eqx.tree_at(lambda i: i.unit, init, u.UNITLESS)((5, 4), key=key)
+    dimensionless = dataclasses.replace(init, unit=u.UNITLESS)((5, 4), key=key)
     assert not isinstance(dimensionless, u.Quantity)
 
 

@@ -121,7 +121,9 @@ class Initialiser(eqx.Module):
                     f"`{name}` draws random floating-point numbers, so its `dtype` "
                     f"must be a floating dtype, but got {dtype}."
                 )
-        return attach_unit(self._generate(shape, dtype, key), self.unit)
+        # `type(self)._generate(self, ...)`: reading a method of an Equinox module
+        # costs tens of µs (see `eqx_collective/_module.py`).
+        return attach_unit(type(self)._generate(self, shape, dtype, key), self.unit)
 
     @abc.abstractmethod
     def _generate(

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray, PyTree
 
+from .._module import replace_fields
 from .._state import HiddenState
 from ._init import Orthogonal, XavierNormal, ZeroInit
 from ._linear import as_size, Linear, make_value
@@ -106,58 +107,65 @@ class RNNCell(StatefulLayer):
     ) -> Self:
         """Restores the initial hidden state(s) and returns the updated cell."""
 
-    # Helpers shared by the concrete cells.
 
-    def _new_value(
-        self,
-        state_init: Callable | ArrayLike,
-        batch_shape: tuple[int, ...],
-        key: PRNGKeyArray | None,
-        dtype: DTypeLike | None,
-    ) -> Array | u.Quantity:
-        return make_value(
-            state_init,
-            batch_shape + (self.num_out,),
-            key,
-            dtype,
-            f"initial hidden state of `{type(self).__name__}`",
+# Helpers shared by the concrete cells. Module-level functions rather than methods:
+# reading a method of an Equinox module costs tens of µs (see `_module.py`).
+
+
+def _new_value(
+    cell: RNNCell,
+    state_init: Callable | ArrayLike,
+    batch_shape: tuple[int, ...],
+    key: PRNGKeyArray | None,
+    dtype: DTypeLike | None,
+) -> Array | u.Quantity:
+    return make_value(
+        state_init,
+        batch_shape + (cell.num_out,),
+        key,
+        dtype,
+        f"initial hidden state of `{type(cell).__name__}`",
+    )
+
+
+def _initialised(cell: RNNCell, name: str, state: HiddenState | None, op: str) -> Any:
+    if state is None:
+        raise RuntimeError(
+            f"The hidden state `{name}` of this `{type(cell).__name__}` was never "
+            f"initialised, so it cannot {op}. Call "
+            "`model = eqx_collective.init_all_states(model, batch_size=...)` (or "
+            "`cell = cell.init_state(batch_size=...)`) first."
         )
+    return state.value
 
-    def _initialised(self, name: str, state: HiddenState | None, op: str) -> Any:
-        if state is None:
-            raise RuntimeError(
-                f"The hidden state `{name}` of this `{type(self).__name__}` was never "
-                f"initialised, so it cannot {op}. Call "
-                "`model = eqx_collective.init_all_states(model, batch_size=...)` (or "
-                "`cell = cell.init_state(batch_size=...)`) first."
-            )
-        return state.value
 
-    def _input(self, x: ArrayLike | u.Quantity, hidden: Array, unit: u.Unit) -> Array:
-        """The input as plain numbers, checked against the cell's sizes."""
-        if isinstance(x, u.Quantity):
-            try:
-                x = x.to_decimal(unit)
-            except u.UnitMismatchError:
-                raise ValueError(
-                    f"`{type(self).__name__}`: the input is in {x.unit}, which cannot "
-                    f"be converted to the unit of the hidden state ({unit}). Pass a "
-                    "plain array or a quantity of the hidden state's dimension."
-                ) from None
-        x = jnp.asarray(x)
-        if x.ndim == 0 or x.shape[-1] != self.num_in:
+def _input(
+    cell: RNNCell, x: ArrayLike | u.Quantity, hidden: Array, unit: u.Unit
+) -> Array:
+    """The input as plain numbers, checked against the cell's sizes."""
+    if isinstance(x, u.Quantity):
+        try:
+            x = x.to_decimal(unit)
+        except u.UnitMismatchError:
             raise ValueError(
-                f"`{type(self).__name__}` expects inputs whose last axis has size "
-                f"{self.num_in} (`num_in`), but got an input of shape {x.shape}."
-            )
-        if x.shape[:-1] != hidden.shape[:-1]:
-            raise ValueError(
-                f"`{type(self).__name__}`: the input has batch shape {x.shape[:-1]} but "
-                f"the hidden state has batch shape {hidden.shape[:-1]}. Initialise or "
-                "reset the state with the input's batch size, e.g. "
-                "`eqx_collective.init_all_states(model, batch_size=...)`."
-            )
-        return x
+                f"`{type(cell).__name__}`: the input is in {x.unit}, which cannot "
+                f"be converted to the unit of the hidden state ({unit}). Pass a "
+                "plain array or a quantity of the hidden state's dimension."
+            ) from None
+    x = jnp.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != cell.num_in:
+        raise ValueError(
+            f"`{type(cell).__name__}` expects inputs whose last axis has size "
+            f"{cell.num_in} (`num_in`), but got an input of shape {x.shape}."
+        )
+    if x.shape[:-1] != hidden.shape[:-1]:
+        raise ValueError(
+            f"`{type(cell).__name__}`: the input has batch shape {x.shape[:-1]} but "
+            f"the hidden state has batch shape {hidden.shape[:-1]}. Initialise or "
+            "reset the state with the input's batch size, e.g. "
+            "`eqx_collective.init_all_states(model, batch_size=...)`."
+        )
+    return x
 
 
 def _batch_shape(batch_size: int | None, owner: str) -> tuple[int, ...]:
@@ -186,16 +194,12 @@ def _reset_batch(value: Any, batch_size: int | None) -> tuple[int, ...]:
     return _batch_shape(batch_size, "reset_state")
 
 
-def _replace(cell: Any, where: Callable, value: Any) -> Any:
-    return eqx.tree_at(where, cell, value, is_leaf=lambda x: x is None)
-
-
 def _set_state(cell: Any, name: str, value: PyTree) -> Any:
     """`cell` with its hidden state `name` holding `value`: a new `HiddenState` if there
     was none, else the existing state (tag and flags kept) with the new value."""
-    if getattr(cell, name) is None:
-        return _replace(cell, lambda c: getattr(c, name), HiddenState(value))
-    return eqx.tree_at(lambda c: getattr(c, name).value, cell, value)
+    state = getattr(cell, name)
+    state = HiddenState(value) if state is None else replace_fields(state, value=value)
+    return replace_fields(cell, **{name: state})
 
 
 class ValinaRNNCell(RNNCell):
@@ -275,7 +279,9 @@ class ValinaRNNCell(RNNCell):
         **Returns:** the updated cell.
         """
         batch = _batch_shape(batch_size, "init_state")
-        return _set_state(self, "h", self._new_value(self.state_init, batch, key, None))
+        return _set_state(
+            self, "h", _new_value(self, self.state_init, batch, key, None)
+        )
 
     def reset_state(
         self, batch_size: int | None = None, *, key: PRNGKeyArray | None = None
@@ -289,9 +295,9 @@ class ValinaRNNCell(RNNCell):
 
         **Raises:** `RuntimeError` if the state was never initialised.
         """
-        h = self._initialised("h", self.h, "be reset")
+        h = _initialised(self, "h", self.h, "be reset")
         batch = _reset_batch(h, batch_size)
-        value = self._new_value(self.state_init, batch, key, u.math.get_dtype(h))
+        value = _new_value(self, self.state_init, batch, key, u.math.get_dtype(h))
         return _set_state(self, "h", value)
 
     def __call__(
@@ -311,8 +317,8 @@ class ValinaRNNCell(RNNCell):
         an input of the wrong size or batch shape.
         """
         del key
-        h, unit = _strip(self._initialised("h", self.h, "be stepped"))
-        x = self._input(x, h, unit)
+        h, unit = _strip(_initialised(self, "h", self.h, "be stepped"))
+        x = _input(self, x, h, unit)
         new_h = _attach(self.activation(self.W(jnp.concatenate([x, h], -1))), unit)
         return new_h, _set_state(self, "h", new_h)
 
@@ -392,7 +398,9 @@ class GRUCell(RNNCell):
         **Returns:** the updated cell.
         """
         batch = _batch_shape(batch_size, "init_state")
-        return _set_state(self, "h", self._new_value(self.state_init, batch, key, None))
+        return _set_state(
+            self, "h", _new_value(self, self.state_init, batch, key, None)
+        )
 
     def reset_state(
         self, batch_size: int | None = None, *, key: PRNGKeyArray | None = None
@@ -402,9 +410,9 @@ class GRUCell(RNNCell):
 
         **Returns:** the updated cell.
         """
-        h = self._initialised("h", self.h, "be reset")
+        h = _initialised(self, "h", self.h, "be reset")
         batch = _reset_batch(h, batch_size)
-        value = self._new_value(self.state_init, batch, key, u.math.get_dtype(h))
+        value = _new_value(self, self.state_init, batch, key, u.math.get_dtype(h))
         return _set_state(self, "h", value)
 
     def __call__(
@@ -413,8 +421,8 @@ class GRUCell(RNNCell):
         """One step. **Returns:** `(h_new, updated_cell)`. Errors as for
         [`eqx_collective.nn.ValinaRNNCell`][]."""
         del key
-        h, unit = _strip(self._initialised("h", self.h, "be stepped"))
-        x = self._input(x, h, unit)
+        h, unit = _strip(_initialised(self, "h", self.h, "be stepped"))
+        x = _input(self, x, h, unit)
         gates = jax.nn.sigmoid(self.Wrz(jnp.concatenate([x, h], -1)))
         r, z = jnp.split(gates, 2, axis=-1)
         candidate = self.activation(self.Wh(jnp.concatenate([x, r * h], -1)))
@@ -483,12 +491,6 @@ class LSTMCell(RNNCell):
         self.state_init = state_init
         self.activation = _activation(activation, name)
 
-    def _states(self, batch, key, dtypes) -> tuple[Any, Any]:
-        kh, kc = (None, None) if key is None else jax.random.split(key)
-        h = self._new_value(self.state_init, batch, kh, dtypes[0])
-        c = self._new_value(self.state_init, batch, kc, dtypes[1])
-        return h, c
-
     def init_state(
         self, batch_size: int | None = None, *, key: PRNGKeyArray | None = None
     ) -> Self:
@@ -501,7 +503,7 @@ class LSTMCell(RNNCell):
         **Returns:** the updated cell.
         """
         batch = _batch_shape(batch_size, "init_state")
-        h, c = self._states(batch, key, (None, None))
+        h, c = _lstm_states(self, batch, key, (None, None))
         return _set_state(_set_state(self, "h", h), "c", c)
 
     def reset_state(
@@ -512,11 +514,11 @@ class LSTMCell(RNNCell):
 
         **Returns:** the updated cell.
         """
-        h = self._initialised("h", self.h, "be reset")
-        c = self._initialised("c", self.c, "be reset")
+        h = _initialised(self, "h", self.h, "be reset")
+        c = _initialised(self, "c", self.c, "be reset")
         batch = _reset_batch(h, batch_size)
         dtypes = (u.math.get_dtype(h), u.math.get_dtype(c))
-        h, c = self._states(batch, key, dtypes)
+        h, c = _lstm_states(self, batch, key, dtypes)
         return _set_state(_set_state(self, "h", h), "c", c)
 
     def __call__(
@@ -525,11 +527,18 @@ class LSTMCell(RNNCell):
         """One step. **Returns:** `(h_new, updated_cell)`; the updated cell also holds
         the new `c`. Errors as for [`eqx_collective.nn.ValinaRNNCell`][]."""
         del key
-        h, h_unit = _strip(self._initialised("h", self.h, "be stepped"))
-        c, c_unit = _strip(self._initialised("c", self.c, "be stepped"))
-        x = self._input(x, h, h_unit)
+        h, h_unit = _strip(_initialised(self, "h", self.h, "be stepped"))
+        c, c_unit = _strip(_initialised(self, "c", self.c, "be stepped"))
+        x = _input(self, x, h, h_unit)
         i, g, f, o = jnp.split(self.W(jnp.concatenate([x, h], -1)), 4, axis=-1)
         c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * self.activation(g)
         h = jax.nn.sigmoid(o) * self.activation(c)
         new_h, new_c = _attach(h, h_unit), _attach(c, c_unit)
         return new_h, _set_state(_set_state(self, "h", new_h), "c", new_c)
+
+
+def _lstm_states(cell: LSTMCell, batch, key, dtypes) -> tuple[Any, Any]:
+    kh, kc = (None, None) if key is None else jax.random.split(key)
+    h = _new_value(cell, cell.state_init, batch, kh, dtypes[0])
+    c = _new_value(cell, cell.state_init, batch, kc, dtypes[1])
+    return h, c
