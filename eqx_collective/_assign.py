@@ -354,9 +354,8 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
-    if type(given) is _ArrayImpl and type(expected) is _ArrayImpl:
-        if given.shape == expected.shape and given.dtype == expected.dtype:
-            return given  # the common case, without the general checks below
+    if _same_arrays(expected, given):
+        return given  # the common case, without the general checks below
     if isinstance(expected, u.Quantity):
         unit = expected.unit
         if isinstance(given, u.Quantity):
@@ -415,18 +414,29 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
     return _convert_array(expected, given)
 
 
+def _same_arrays(old: Any, new: Any) -> bool:
+    """Both JAX arrays, of the same shape and dtype: nothing to check or cast."""
+    return type(new) is _ArrayImpl and type(old) is _ArrayImpl and new.aval == old.aval
+
+
 def _fast_state_level(state: State, value: Any) -> Any | None:
     """The common case of a whole new value with the very structure of the old one
     (units included: they are part of a `Quantity`'s tree structure). Returns the new
     value, or `None` to leave it to the general path (which also reports errors)."""
-    e_leaves, e_treedef = jtu.tree_flatten(_state_value(state))
+    old = _state_value(state)
+    if _same_arrays(old, value):
+        return value
+    if type(old) is dict and type(value) is dict and old.keys() == value.keys():
+        if all(_same_arrays(old[k], value[k]) for k in old):
+            return dict(value)
+    e_leaves, e_treedef = jtu.tree_flatten(old)
     g_leaves, g_treedef = jtu.tree_flatten(value)
     if g_treedef != e_treedef:
         return None
     new = []
     try:
         for e, g in zip(e_leaves, g_leaves, strict=True):
-            if type(g) is _ArrayImpl and type(e) is _ArrayImpl and g.aval == e.aval:
+            if _same_arrays(e, g):
                 new.append(g)  # same shape and dtype: nothing to check or cast
             else:
                 new.append(_convert_leaf(e, g))

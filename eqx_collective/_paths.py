@@ -76,25 +76,36 @@ def path_hash(path: Path) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest()) >> 1
 
 
-# These run on every node of every traversal: `issubclass(type(x), ...)` is several
-# times faster than `isinstance`, which asks an `eqx.Module` for its `__class__`
-# through Equinox's `__getattribute__`.
+# These run on every node and leaf of every traversal, so the answer is cached per
+# type: `isinstance` on an `eqx.Module` asks for its `__class__` through Equinox's slow
+# `__getattribute__`, and even `issubclass` goes through `abc` for a `State`.
+_KINDS: dict[type, tuple[bool, bool, bool]] = {}
+
+
+def _kind(x: Any) -> tuple[bool, bool, bool]:
+    """`(is a node, is a state, is a Quantity)` for the type of `x`."""
+    cls = type(x)
+    kind = _KINDS.get(cls)
+    if kind is None:
+        state = issubclass(cls, State)
+        node = issubclass(cls, eqx.Module) and not state
+        kind = _KINDS[cls] = (node, state, issubclass(cls, u.Quantity))
+    return kind
 
 
 def is_node(x: Any) -> bool:
     """Whether `x` is a module node: an `eqx.Module` that is not a
     [`eqx_collective.State`][]."""
-    cls = type(x)
-    return issubclass(cls, eqx.Module) and not issubclass(cls, State)
+    return _kind(x)[0]
 
 
 def is_state(x: Any) -> bool:
-    return issubclass(type(x), State)
+    return _kind(x)[1]
 
 
 def is_value_leaf(x: Any) -> bool:
     """Leaves of a state's value: a `brainunit.Quantity` is one leaf."""
-    return issubclass(type(x), u.Quantity)
+    return _kind(x)[2]
 
 
 def flatten_one_level(node: Any) -> tuple[list[tuple[Path, Any]], jtu.PyTreeDef]:
