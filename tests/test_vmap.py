@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from helpers import assert_jit_matches_eager, assert_member_matches, assert_pure
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
 from eqx_collective.testing import ensembles, module_trees, record_calls
@@ -49,6 +49,7 @@ def test_vmap_reset_member_wise_and_keeps_the_axis(drawn):
         assert not isinstance(leaf, jax.core.Tracer)
 
 
+@settings(max_examples=8)  # each example compiles three vmapped operations
 @given(ensembles(max_size=3))
 def test_vmap_ops_jit_equals_eager(drawn):
     ensemble, model, key = drawn
