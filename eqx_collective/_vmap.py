@@ -1,6 +1,5 @@
 """The vmap variants: collective operations run per member of a stacked ensemble."""
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -11,6 +10,7 @@ from jaxtyping import PRNGKeyArray
 from ._collective import _call_all, _check_arguments
 from ._ensemble import check_axis_size, ensemble_size, split_members
 from ._filters import Filter, to_predicate
+from ._module import replace_fields
 from ._paths import map_states
 
 
@@ -34,7 +34,7 @@ def _vmap_members(fn, batched, rest, keys, axis_size, state_to_exclude, op):
 
     def mark_shared(path, state):
         if exclude(path, state) and not state.shared:
-            return dataclasses.replace(state, shared=True)
+            return replace_fields(state, shared=True)
         return state
 
     def per_member(batched, key):

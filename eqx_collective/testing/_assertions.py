@@ -1,7 +1,6 @@
 """Assertions over stateful models, with failure messages that name the path."""
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -13,12 +12,13 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .._ensemble import member
+from .._module import replace_fields
 from .._paths import is_value_leaf, iter_leaves, map_states, path_repr
 
 
 def _unshared(tree):
     return map_states(
-        lambda p, s: dataclasses.replace(s, shared=False) if s.shared else s, tree
+        lambda p, s: replace_fields(s, shared=False) if s.shared else s, tree
     )
 
 
