@@ -29,11 +29,9 @@ def replace_fields(module: M, **fields: Any) -> M:
     `is_leaf`).
     """
     old = object.__getattribute__(module, "__dict__")
-    unknown = fields.keys() - old.keys()
-    if unknown:
-        raise AttributeError(
-            f"`{type(module).__name__}` has no field(s) {sorted(unknown)} to replace."
-        )
+    for name in fields:
+        if name not in old:
+            raise AttributeError(f"`{type(module).__name__}` has no field `{name}`.")
     new = object.__new__(type(module))
     object.__getattribute__(new, "__dict__").update(old, **fields)
     return new
