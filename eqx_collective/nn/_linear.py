@@ -19,6 +19,24 @@ _KAIMING_NORMAL = KaimingNormal()
 _ZERO_INIT = ZeroInit()
 
 
+def positive_int(value: Any, what: str, owner: str, example: str) -> int:
+    """`value` as an `int`, checked to be positive (a bool is not an int here)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"`{owner}` takes an int `{what}` ({example}), but got "
+            f"{type(value).__name__} {value!r}."
+        ) from None
+    if number <= 0:
+        raise ValueError(
+            f"`{owner}` needs a positive `{what}` ({example}), but got {value!r}."
+        )
+    return number
+
+
 def as_size(size: Any, what: str, owner: str) -> tuple[int]:
     """Normalises a layer size given as a positive `int` or a 1-tuple to a 1-tuple."""
     value = size
@@ -29,21 +47,7 @@ def as_size(size: Any, what: str, owner: str) -> tuple[int]:
                 f"got {size!r}."
             )
         (value,) = value
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{owner}` takes `{what}` as an int or a 1-tuple of an int, but got "
-            f"{type(size).__name__} {size!r}."
-        ) from None
-    if value <= 0:
-        raise ValueError(
-            f"`{owner}` needs a positive `{what}`, but got {size!r}. Pass the number "
-            "of features, e.g. `16` or `(16,)`."
-        )
-    return (value,)
+    return (positive_int(value, what, owner, "the number of features, e.g. `16`"),)
 
 
 def make_value(

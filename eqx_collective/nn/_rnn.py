@@ -1,7 +1,6 @@
 """Recurrent cells: `ValinaRNNCell` (alias `VanillaRNNCell`), `GRUCell`, `LSTMCell`."""
 
 import abc
-import operator
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -14,7 +13,7 @@ from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray, PyTree
 from .._module import replace_fields
 from .._state import HiddenState
 from ._init import Orthogonal, XavierNormal, ZeroInit
-from ._linear import as_size, Linear, make_value
+from ._linear import as_size, Linear, make_value, positive_int
 from ._sequential import StatefulLayer
 
 
@@ -171,20 +170,9 @@ def _input(
 def _batch_shape(batch_size: int | None, owner: str) -> tuple[int, ...]:
     if batch_size is None:
         return ()
-    try:
-        if isinstance(batch_size, bool):
-            raise TypeError
-        batch_size = operator.index(batch_size)
-    except TypeError:
-        raise TypeError(
-            f"`{owner}` takes an int `batch_size` (or `None` for no batch axis), but got "
-            f"{type(batch_size).__name__} {batch_size!r}."
-        ) from None
-    if batch_size <= 0:
-        raise ValueError(
-            f"`{owner}` needs a positive `batch_size` (or `None`), but got {batch_size}."
-        )
-    return (batch_size,)
+    return (
+        positive_int(batch_size, "batch_size", owner, "or `None` for no batch axis"),
+    )
 
 
 def _reset_batch(value: Any, batch_size: int | None) -> tuple[int, ...]:
