@@ -17,8 +17,6 @@ time(largest) / time(second largest) (4 for linear cost with N 200 -> 800).
 Run as `python benchmarks/bench_collective.py [--quick]`, or call `run(quick)`.
 """
 
-import argparse
-
 import jax
 
 import eqx_collective as ec
@@ -150,9 +148,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from run import print_table
+    from run import cli
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    args = parser.parse_args()
-    print_table(run(args.quick), args.quick)
+    cli(run, __doc__)

@@ -30,8 +30,6 @@ reference time over ours, and ours minus the reference (the overhead per call).
 Run as `python benchmarks/bench_dispatch.py [--quick]`, or call `run(quick)`.
 """
 
-import argparse
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -152,9 +150,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from run import print_table
+    from run import cli
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    args = parser.parse_args()
-    print_table(run(args.quick), args.quick)
+    cli(run, __doc__)

@@ -27,7 +27,6 @@ Target: the vmapped forward >= 10x faster than the loop.
 Run as `python benchmarks/bench_ensemble.py [--quick]`, or call `run(quick)`.
 """
 
-import argparse
 import resource
 import statistics
 
@@ -234,9 +233,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from run import print_table
+    from run import cli
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    args = parser.parse_args()
-    print_table(run(args.quick), args.quick)
+    cli(run, __doc__)

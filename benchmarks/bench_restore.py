@@ -12,11 +12,8 @@ Run as `python benchmarks/bench_restore.py [--quick]` (`--quick`: tiny sizes, a 
 run for CI), or call `run(quick)` to get the rows.
 """
 
-import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import equinox as eqx
 import jax
@@ -24,6 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import eqx_collective as ec
+
+
+try:
+    from _common import interleaved_medians
+except ImportError:  # imported as `benchmarks.bench_restore`
+    from ._common import interleaved_medians
 
 
 class _Layer(eqx.Module):
@@ -68,22 +71,8 @@ def _make_brainstate_model(n: int, size: int):
     return Model()
 
 
-def _median_times(fns: list, repeats: int) -> list[float]:
-    """Median time of each of `fns`, run interleaved (round-robin) so that they all see
-    the same machine load."""
-    for fn in fns:
-        fn()  # warm up (caches, first dispatch)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
 def _median_time(fn, repeats: int) -> float:
-    return _median_times([fn], repeats)[0]
+    return interleaved_medians([fn], repeats)[0]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -126,7 +115,7 @@ def run(quick: bool = False) -> list[dict]:
         assert not unexpected and not missing, (unexpected, missing)
         assert len(bs_snapshot) == len(by_state)
         fns.append(lambda: brainstate.nn.assign_state_values(bs_model, bs_snapshot))
-    times = _median_times(fns, repeats)
+    times = interleaved_medians(fns, repeats)
     ours_state, ours_leaf, ours_dotted = times[:3]
     bs_time = times[3] if brainstate is not None else None
     rows = []
@@ -204,15 +193,7 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _print_table(rows: list[dict]):
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'benchmark':<{width}}  {'median ms':>10}  {'vs brainstate':>13}")
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.1f}x"
-        print(f"{r['name']:<{width}}  {r['seconds'] * 1e3:>10.3f}  {ratio:>13}")
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    _print_table(run(parser.parse_args().quick))
+    from run import cli, normalise_restore
+
+    cli(run, __doc__, normalise_restore)

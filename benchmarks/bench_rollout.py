@@ -27,7 +27,6 @@ Target: ours within 1.05x of the hand-written JAX.
 Run as `python benchmarks/bench_rollout.py [--quick]`, or call `run(quick)`.
 """
 
-import argparse
 import statistics
 
 import equinox as eqx
@@ -231,9 +230,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from run import print_table
+    from run import cli
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    args = parser.parse_args()
-    print_table(run(args.quick), args.quick)
+    cli(run, __doc__)

@@ -56,7 +56,7 @@ def _fmt_ratio(ratio: float | None, ref: str | None) -> str:
     return f"{ratio:.2f}x"
 
 
-def _normalise_restore(rows: list[dict]) -> list[dict]:
+def normalise_restore(rows: list[dict]) -> list[dict]:
     """bench_restore's rows (`{'name', 'seconds', 'ratio'}`, ratio = brainstate /
     ours) in the common format, with the restore target on the state-level row."""
     from _common import row
@@ -100,7 +100,7 @@ def collect(quick: bool, only: tuple[str, ...] = AREAS, verbose: bool = True):
             warnings.simplefilter("ignore")
             area_rows = module.run(quick)
         if area == "restore":
-            area_rows = _normalise_restore(area_rows)
+            area_rows = normalise_restore(area_rows)
         rows += area_rows
         if verbose:
             print(
@@ -158,6 +158,15 @@ def print_table(rows: list[dict], quick: bool = False) -> None:
             else "\nTargets (ratios measured in this run):"
         )
         print("\n".join(targets))
+
+
+def cli(run_fn, doc: str, normalise=lambda rows: rows) -> None:
+    """The command line of one benchmark module: `python benchmarks/bench_x.py
+    [--quick]` runs it alone and prints its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    quick = parser.parse_args().quick
+    print_table(normalise(run_fn(quick)), quick)
 
 
 def _cpu_model() -> str:
