@@ -13,6 +13,7 @@ from jaxtyping import PyTree
 
 from ._module import replace_fields
 from ._paths import (
+    as_path,
     is_state,
     is_value_leaf,
     keypath_to_path,
@@ -185,14 +186,14 @@ class _Index:
             where = self.deep.get(key)
             if where is not None:
                 return where
-            _check_key(key)
+            as_path(key)  # a `TypeError` for entries that are not `str` or `int`
             text = path_str(key)
         elif isinstance(key, str):
             text = key
         elif isinstance(key, (tuple, list)):
             return self.lookup(tuple(key))
         else:
-            _check_key(key)
+            as_path(key)  # a `TypeError`: not a path at all
             raise AssertionError("unreachable")
         if self._dotted is None:
             self._build_dotted()
@@ -255,25 +256,6 @@ def _layout(
         _LAYOUTS.pop(next(iter(_LAYOUTS)))
     _LAYOUTS[cache_key] = found
     return found
-
-
-def _check_key(key: Any):
-    if isinstance(key, tuple):
-        for p in key:
-            if isinstance(p, (str, int)) and not isinstance(p, bool):
-                continue
-            raise TypeError(
-                f"A key given to `assign_state_values` is a tuple of `str` and `int` "
-                f"entries or a dotted string, but {key!r} contains {p!r} of type "
-                f"{type(p).__name__}."
-            )
-        return
-    if not isinstance(key, (str, list)):
-        raise TypeError(
-            f"A key given to `assign_state_values` must be a tuple path such as "
-            f"`('layers', 0, 'weight')` or a dotted string such as "
-            f"`'layers.0.weight'`, but got {type(key).__name__} {key!r}."
-        )
 
 
 @functools.cache

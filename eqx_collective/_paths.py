@@ -64,8 +64,8 @@ def as_path(path: Path | str | list) -> Path:
                 )
         return tuple(path)
     raise TypeError(
-        f"A path must be a tuple such as `('layers', 0, 'weight')` or a dotted string such "
-        f"as `'layers.0.weight'`, but got {type(path).__name__} {path!r}."
+        f"A path must be a tuple path such as `('layers', 0, 'weight')` or a dotted "
+        f"string such as `'layers.0.weight'`, but got {type(path).__name__} {path!r}."
     )
 
 
