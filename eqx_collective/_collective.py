@@ -109,9 +109,9 @@ def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op):
     return args, dict(kwargs)
 
 
-def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list[Path]]:
-    """The calls to make, as passes: the undecorated methods first, then one pass per
-    `call_order` level, ascending; each pass in traversal order."""
+def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list]:
+    """The calls to make, as passes of `(path, node)`: the undecorated methods first,
+    then one pass per `call_order` level, ascending; each pass in traversal order."""
     exclude = to_predicate(node_to_exclude)
     undecorated, by_level, missing = [], {}, []
     for path, node in iter_nodes(target):
@@ -121,7 +121,8 @@ def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list[Pa
             missing.append((path, node))
             continue
         level = _level(node, fn_name)
-        (undecorated if level is None else by_level.setdefault(level, [])).append(path)
+        calls = undecorated if level is None else by_level.setdefault(level, [])
+        calls.append((path, node))
     if missing and fn_if_not_exist != "pass":
         where = ", ".join(f"{path_repr(p)} ({type(n).__name__})" for p, n in missing)
         message = (
@@ -242,9 +243,9 @@ def _call_all(target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exi
             )
         return result
 
-    for paths in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op):
-        if paths:
-            target = _run_pass(target, paths, update)
+    for calls in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op):
+        if calls:
+            target = _run_pass(target, [path for path, _ in calls], update)
     return target
 
 
@@ -275,11 +276,10 @@ def collect_all_fns(
     """
     op = "collect_all_fns"
     args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
-    nodes = dict(iter_nodes(target))
     return {
-        path: _invoke(nodes[path], path, fn_name, args, kwargs, key, op)
-        for paths in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op)
-        for path in paths
+        path: _invoke(node, path, fn_name, args, kwargs, key, op)
+        for calls in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op)
+        for path, node in calls
     }
 
 
