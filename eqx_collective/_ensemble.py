@@ -72,7 +72,12 @@ def ensemble_size(ensemble: PyTree) -> int:
     **Raises:** `ValueError` if `ensemble` has no such array or their leading axes
     differ (it is then not a stacked ensemble).
     """
-    shapes = [(p, jnp.shape(x)) for p, x in iter_leaves(split_members(ensemble)[0])]
+    return _members_size(split_members(ensemble)[0])
+
+
+def _members_size(batched: PyTree) -> int:
+    """`ensemble_size` of an ensemble already split by `split_members`."""
+    shapes = [(p, jnp.shape(x)) for p, x in iter_leaves(batched)]
     if not shapes:
         raise ValueError(
             "This is not a stacked ensemble: it holds no array outside shared states, so "
@@ -114,13 +119,13 @@ def member(ensemble: T, index: int) -> T:
     **Raises:** `IndexError` for an index out of range, `ValueError` if `ensemble` is
     not a stacked ensemble.
     """
-    size = ensemble_size(ensemble)
+    batched, rest = split_members(ensemble)
+    size = _members_size(batched)
     if not isinstance(index, int) or not -size <= index < size:
         raise IndexError(
             f"`member`: index {index!r} is out of range for an ensemble of {size} "
             "members."
         )
-    batched, rest = split_members(ensemble)
     return eqx.combine(jtu.tree_map(lambda x: x[index], batched), rest)
 
 
@@ -130,8 +135,8 @@ def unstack(ensemble: T) -> list[T]:
     **Raises:** `ValueError` if `ensemble` is not a stacked ensemble (its arrays do not
     share a leading axis).
     """
-    size = ensemble_size(ensemble)
     batched, rest = split_members(ensemble)
+    size = _members_size(batched)
     return [
         eqx.combine(jtu.tree_map(lambda x: x[i], batched), rest) for i in range(size)
     ]
@@ -206,7 +211,8 @@ def shard_ensemble(
             f"`shard_ensemble`: the mesh has axes {tuple(mesh.shape)}, not "
             f"{axis_name!r}. Pass `axis_name=` naming the mesh axis to shard over."
         )
-    size, devices = ensemble_size(ensemble), mesh.shape[axis_name]
+    batched, rest = split_members(ensemble)
+    size, devices = _members_size(batched), mesh.shape[axis_name]
     if size % devices:
         raise ValueError(
             f"`shard_ensemble`: an ensemble of {size} members cannot be split evenly "
@@ -216,7 +222,6 @@ def shard_ensemble(
     P = jax.sharding.PartitionSpec
     split = jax.sharding.NamedSharding(mesh, P(axis_name))
     replicated = jax.sharding.NamedSharding(mesh, P())
-    batched, rest = split_members(ensemble)
     batched = jtu.tree_map(lambda x: jax.device_put(x, split), batched)
     rest = jtu.tree_map(
         lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, rest
