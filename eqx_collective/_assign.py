@@ -14,9 +14,10 @@ from jaxtyping import PyTree
 from ._module import replace_fields
 from ._paths import (
     as_path,
-    is_state,
     is_value_leaf,
+    iter_states,
     keypath_to_path,
+    map_states,
     Path,
     path_repr,
     path_str,
@@ -69,9 +70,12 @@ class _Ambiguous:
         self.paths = list(paths)
 
 
+_get = object.__getattribute__  # bypasses the slow `eqx.Module.__getattribute__`
+
+
 def _state_value(state: State) -> Any:
-    try:  # bypasses the slow `eqx.Module.__getattribute__`
-        return object.__getattribute__(state, "__dict__")["value"]
+    try:
+        return _get(state, "__dict__")["value"]
     except (AttributeError, KeyError):
         return state.value
 
@@ -141,17 +145,27 @@ class _Index:
     one pass over the states, so the cost stays linear in the model's size.
     """
 
-    def __init__(self, slots: list[_StateSlot], exact: dict):
-        self.slots = slots
-        # state-level paths (shared between calls on models of the same structure,
-        # never modified) and the paths below them (built when needed)
-        self.exact: dict[Path, tuple[int, Path, int | None]] = exact
+    def __init__(self, found: list[tuple[Path, State]]):
+        self.found = found
+        self._slots: list[_StateSlot | None] = [None] * len(found)
+        # state-level paths, and the paths below them (built when needed)
+        self.exact: dict[Path, tuple[int, Path, int | None]] = {
+            path: (i, (), None) for i, (path, _) in enumerate(found)
+        }
         self.deep: dict[Path, tuple[int, Path, int | None]] | None = None
         self._dotted: dict[str, Any] | None = None
 
+    def slot(self, i: int) -> _StateSlot:
+        """The `i`-th state's `_StateSlot`, made when first needed."""
+        slot = self._slots[i]
+        if slot is None:
+            slot = self._slots[i] = _StateSlot(*self.found[i])
+        return slot
+
     def _build_deep(self):
         deep = self.deep = {}
-        for i, slot in enumerate(self.slots):
+        for i in range(len(self.found)):
+            slot = self.slot(i)
             base = slot.path
             for sub, j in slot.below():
                 deep[base + sub] = (i, sub, j)
@@ -168,7 +182,8 @@ class _Index:
             elif other[0] != where:
                 dotted[text] = _Ambiguous(other[1], path)
 
-        for i, slot in enumerate(self.slots):
+        for i in range(len(self.found)):
+            slot = self.slot(i)
             base = path_str(slot.path)
             add(base, (i, (), None), slot.path)
             prefix = base + "." if slot.path else ""
@@ -233,29 +248,6 @@ def _subpaths_of(treedef: jtu.PyTreeDef) -> tuple[tuple, tuple, tuple]:
     subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
     below = _places_below(subpaths)
     return subpaths, below, tuple((p, j, path_str(p)) for p, j in below)
-
-
-_LAYOUTS: dict = {}
-_MAX_LAYOUTS = 32
-
-
-def _layout(
-    target: PyTree, treedef: jtu.PyTreeDef, positions: tuple[int, ...]
-) -> tuple[list[Path], dict]:
-    """The state-level paths of `target`'s states (at `positions` among the leaves of
-    `treedef`) and the index `{path: (i, (), None)}`. They depend only on the
-    structure, so they are cached for it (a few structures at a time)."""
-    cache_key = (treedef, positions)
-    found = _LAYOUTS.get(cache_key)
-    if found is not None:
-        return found
-    flat = jtu.tree_flatten_with_path(target, is_leaf=is_state)[0]
-    paths = [keypath_to_path(flat[p][0]) for p in positions]
-    found = (paths, {path: (i, (), None) for i, path in enumerate(paths)})
-    if len(_LAYOUTS) >= _MAX_LAYOUTS:
-        _LAYOUTS.pop(next(iter(_LAYOUTS)))
-    _LAYOUTS[cache_key] = found
-    return found
 
 
 @functools.cache
@@ -401,30 +393,50 @@ def _same_arrays(old: Any, new: Any) -> bool:
     return type(new) is _ArrayImpl and type(old) is _ArrayImpl and new.aval == old.aval
 
 
-def _fast_state_level(state: State, value: Any) -> Any | None:
-    """The common case of a whole new value with the very structure of the old one
-    (units included: they are part of a `Quantity`'s tree structure). Returns the new
-    value, or `None` to leave it to the general path (which also reports errors)."""
-    old = _state_value(state)
-    if _same_arrays(old, value):
-        return value
-    if type(old) is dict and type(value) is dict and old.keys() == value.keys():
-        if all(_same_arrays(old[k], value[k]) for k in old):
-            return dict(value)
+def _fast_state_level(state: State, value: Any) -> State | None:
+    """The new state for the common case of a whole new value with the very structure
+    of the old one (units included: they are part of a `Quantity`'s tree structure).
+    Returns `None` to leave it to the general path (which also reports errors).
+
+    This runs once per state of a restore, so it avoids function calls where it can:
+    the first two cases are an array and a dict of arrays whose shapes and dtypes
+    match, with nothing to check or cast."""
+    fields = _get(state, "__dict__")
+    old = fields.get("value")
+    kind = type(value)
+    if kind is _ArrayImpl:
+        if type(old) is not _ArrayImpl or old.aval != value.aval:
+            return _fast_general(state, old, value)
+    elif kind is dict and type(old) is dict and len(old) == len(value):
+        for k, leaf in old.items():
+            new = value.get(k, _UNSET)
+            if (
+                type(new) is not _ArrayImpl
+                or type(leaf) is not _ArrayImpl
+                or leaf.aval != new.aval
+            ):
+                return _fast_general(state, old, value)
+        value = dict(value)  # the caller's dict stays theirs
+    else:
+        return _fast_general(state, old, value)
+    new_state = object.__new__(type(state))
+    new_fields = _get(new_state, "__dict__")
+    new_fields.update(fields)
+    new_fields["value"] = value
+    return new_state
+
+
+def _fast_general(state: State, old: Any, value: Any) -> State | None:
+    """`_fast_state_level` for any value whose structure is the old one's."""
     e_leaves, e_treedef = jtu.tree_flatten(old)
     g_leaves, g_treedef = jtu.tree_flatten(value)
     if g_treedef != e_treedef:
         return None
-    new = []
     try:
-        for e, g in zip(e_leaves, g_leaves, strict=True):
-            if _same_arrays(e, g):
-                new.append(g)  # same shape and dtype: nothing to check or cast
-            else:
-                new.append(_convert_leaf(e, g))
+        new = [_convert_leaf(e, g) for e, g in zip(e_leaves, g_leaves, strict=True)]
     except _Mismatch:
         return None
-    return jtu.tree_unflatten(e_treedef, new)
+    return replace_fields(state, value=jtu.tree_unflatten(e_treedef, new))
 
 
 _UNSET = object()
@@ -517,13 +529,8 @@ def assign_state_values(
                 f"or more dicts."
             )
 
-    flat, treedef = jtu.tree_flatten(target, is_leaf=is_state)
-    positions = tuple(p for p, x in enumerate(flat) if issubclass(type(x), State))
-    paths, exact = _layout(target, treedef, positions)
-    slots = [
-        _StateSlot(path, flat[p]) for path, p in zip(paths, positions, strict=True)
-    ]
-    index = _Index(slots, exact)
+    found = iter_states(target)
+    index = _Index(found)
 
     # For each state, the keys naming it, in order: later keys overwrite earlier ones.
     plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
@@ -546,18 +553,19 @@ def assign_state_values(
                 plan.append((sub, j, value))
 
     errors: list[str] = []
-    updates: dict[int, list] = {}
+    updates: dict[Path, State] = {}  # the new states
     missing: list[Path] = []
-    for i, slot in enumerate(slots):
+    for i, (path, state) in enumerate(found):
         plan = plans.get(i)
         if plan is None:
-            missing.append(slot.path)
+            missing.append(path)
             continue
         if len(plan) == 1 and not plan[0][0]:
-            new_value = _fast_state_level(slot.state, plan[0][2])
-            if new_value is not None:
-                updates[i] = new_value
+            new_state = _fast_state_level(state, plan[0][2])
+            if new_state is not None:
+                updates[path] = new_state
                 continue
+        slot = index.slot(i)
         leaves, v_treedef = slot.flat()
         new_leaves = [_UNSET] * len(leaves)
         for sub, j, value in plan:
@@ -601,7 +609,9 @@ def assign_state_values(
             new_leaves = [
                 leaves[t] if x is _UNSET else x for t, x in enumerate(new_leaves)
             ]
-        updates[i] = jtu.tree_unflatten(v_treedef, new_leaves)
+        updates[path] = replace_fields(
+            state, value=jtu.tree_unflatten(v_treedef, new_leaves)
+        )
 
     if errors:
         shown = errors[:_MAX_LISTED]
@@ -633,10 +643,7 @@ def assign_state_values(
         )
 
     if updates:
-        flat = list(flat)
-        for i, new_value in updates.items():
-            flat[positions[i]] = replace_fields(slots[i].state, value=new_value)
-        model = jtu.tree_unflatten(treedef, flat)
+        model = map_states(lambda path, state: updates.get(path, state), target)
     else:
         model = target
     return AssignResult(model, unexpected, missing)

@@ -12,7 +12,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ._filters import Filter, to_predicate
 from ._module import method
-from ._paths import flatten_one_level, is_node, iter_nodes, Path, path_hash, path_repr
+from ._paths import iter_nodes, Path, path_hash, path_repr, walk
 
 
 T = TypeVar("T")
@@ -163,20 +163,11 @@ def _run_pass(tree, paths: list[Path], update: Callable[[Path, Any], Any]):
     """One post-order pass calling `update(path, node)` on the nodes at `paths`. Each
     node is rebuilt at most once, from its already-updated children: linear cost."""
     wanted = set(paths)
-    on_the_way = {p[:i] for p in paths for i in range(len(p) + 1)}
-
-    def visit(x, path):
-        if path not in on_the_way:
-            return x
-        leaves, treedef = flatten_one_level(x)
-        new = [
-            visit(leaf, path + sub) if is_node(leaf) else leaf for sub, leaf in leaves
-        ]
-        if any(a is not b for (_, a), b in zip(leaves, new, strict=True)):
-            x = treedef.unflatten(new)
-        return update(path, x) if path in wanted and is_node(x) else x
-
-    return visit(tree, ())
+    return walk(
+        tree,
+        node=lambda path, x: update(path, x) if path in wanted else x,
+        within={p[:i] for p in paths for i in range(len(p) + 1)},
+    )
 
 
 def call_all_fns(

@@ -1,7 +1,8 @@
 """Paths: how a model's nodes, states and leaves are named and found."""
 
+import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container
 from typing import Any, TypeAlias
 
 import brainunit as u
@@ -93,12 +94,6 @@ def _kind(x: Any) -> tuple[bool, bool, bool]:
     return kind
 
 
-def is_node(x: Any) -> bool:
-    """Whether `x` is a module node: an `eqx.Module` that is not a
-    [`eqx_collective.State`][]."""
-    return _kind(x)[0]
-
-
 def is_state(x: Any) -> bool:
     return _kind(x)[1]
 
@@ -108,34 +103,30 @@ def is_value_leaf(x: Any) -> bool:
     return _kind(x)[2]
 
 
-def flatten_one_level(node: Any) -> tuple[list[tuple[Path, Any]], jtu.PyTreeDef]:
-    """Flattens `node` down to its nearest `eqx.Module`s (child nodes and states),
-    keeping everything else as leaves. `treedef.unflatten` rebuilds it."""
-    leaves, treedef = jtu.tree_flatten_with_path(
-        node, is_leaf=lambda x: x is not node and isinstance(x, eqx.Module)
-    )
-    return [(keypath_to_path(kp), leaf) for kp, leaf in leaves], treedef
+def iter_nodes(tree: Any) -> list[tuple[Path, eqx.Module]]:
+    """`(path, node)` for every module node of `tree`, root included, children before
+    their parent, siblings in declaration order."""
+    found = []
 
+    def record(path, node):
+        found.append((path, node))
+        return node
 
-def iter_nodes(tree: Any) -> Iterator[tuple[Path, eqx.Module]]:
-    """Yields `(path, node)` for every module node of `tree`, root included, children
-    before their parent, siblings in declaration order."""
-
-    def visit(x, path):
-        for sub, leaf in flatten_one_level(x)[0]:
-            if is_node(leaf):
-                yield from visit(leaf, path + sub)
-        if is_node(x):
-            yield path, x
-
-    yield from visit(tree, ())
+    walk(tree, node=record)
+    return found
 
 
 def iter_states(tree: Any) -> list[tuple[Path, State]]:
     """`(path, state)` for every [`eqx_collective.State`][] of `tree`, in pytree
     order."""
-    leaves = jtu.tree_flatten_with_path(tree, is_leaf=is_state)[0]
-    return [(keypath_to_path(kp), x) for kp, x in leaves if isinstance(x, State)]
+    found = []
+
+    def record(path, state):
+        found.append((path, state))
+        return state
+
+    walk(tree, state=record)
+    return found
 
 
 def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
@@ -167,8 +158,121 @@ def iter_leaves(tree: Any) -> list[tuple[Path, Any]]:
 
 def map_states(fn: Callable[[Path, State], Any], tree: Any) -> Any:
     """Replaces every state of `tree` by `fn(path, state)`; everything else is kept."""
-    return jtu.tree_map_with_path(
-        lambda kp, x: fn(keypath_to_path(kp), x) if isinstance(x, State) else x,
-        tree,
-        is_leaf=is_state,
-    )
+    return walk(tree, state=fn)
+
+
+def walk(
+    tree: Any,
+    *,
+    state: Callable[[Path, State], Any] | None = None,
+    node: Callable[[Path, eqx.Module], Any] | None = None,
+    within: Container[Path] | None = None,
+) -> Any:
+    """The one traversal of this library: rebuilds `tree` bottom-up, passing every state
+    through `state(path, s)` and every module node, after its children, through
+    `node(path, x)`. A missing callback keeps what it would have been given.
+
+    - Only the nodes above a replaced object are rebuilt (a callback that returns what
+        it was given leaves its branch untouched), so the result shares the rest with
+        `tree`, and a walk that replaces nothing allocates nothing but paths.
+    - With `within`, only the paths in it are entered (it must hold the ancestors of
+        every path of interest, `()` included); the rest is kept as is.
+    - The order is `jax.tree_util`'s with states as leaves: fields in declaration
+        order, sequences in order, dict keys sorted.
+
+    It reads an `eqx.Module`'s fields and the entries of a list, tuple or dict directly:
+    Equinox's flatten, called from `jax.tree_util` for every module, costs several
+    times more. Any other pytree node is flattened one level by `jax.tree_util`.
+    """
+    return _walk(tree, (), state, node, within)
+
+
+_STATE, _MODULE, _SEQUENCE, _DICT, _LEAF, _OTHER = range(6)
+_HOW: dict[type, tuple[int, tuple[str, ...]]] = {type(None): (_LEAF, ())}
+_get = object.__getattribute__
+_ABSENT = object()
+
+
+def _how(x: Any) -> tuple[int, tuple[str, ...]]:
+    """How to traverse `x`, and for a module its dynamic fields; cached per type."""
+    cls = type(x)
+    node, state, quantity = _kind(x)
+    if state:
+        how = (_STATE, ())
+    elif node and cls.__dictoffset__:
+        fields = tuple(
+            f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")
+        )
+        how = (_MODULE, fields)
+    elif cls is list or cls is tuple:
+        how = (_SEQUENCE, ())
+    elif cls is dict:
+        how = (_DICT, ())
+    elif quantity:  # a pytree node, but it never holds a module
+        how = (_LEAF, ())
+    else:
+        treedef = jtu.tree_structure(x)
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+            how = (_LEAF, ())  # not a registered pytree node: no instance has children
+        else:
+            return (_OTHER, ())  # not cached: an empty instance proves nothing
+    _HOW[cls] = how
+    return how
+
+
+def _walk(x, path, on_state, on_node, within):
+    if within is not None and path not in within:
+        return x
+    how, fields = _HOW.get(type(x)) or _how(x)
+    if how == _LEAF:
+        return x
+    if how == _STATE:
+        return x if on_state is None else on_state(path, x)
+    if how == _MODULE:
+        old = _get(x, "__dict__")
+        new = None
+        for name in fields:
+            child = old.get(name, _ABSENT)
+            if child is _ABSENT:
+                continue
+            out = _walk(child, path + (name,), on_state, on_node, within)
+            if out is not child:
+                if new is None:
+                    new = dict(old)
+                new[name] = out
+        if new is not None:
+            x = object.__new__(type(x))
+            _get(x, "__dict__").update(new)
+        return x if on_node is None else on_node(path, x)
+    if how == _SEQUENCE:
+        items = None
+        for i, child in enumerate(x):
+            out = _walk(child, path + (i,), on_state, on_node, within)
+            if out is not child:
+                if items is None:
+                    items = list(x)
+                items[i] = out
+        return x if items is None else type(x)(items)
+    if how == _DICT:
+        try:
+            keys = sorted(x)
+        except TypeError:  # keys that do not sort: as `jax.tree_util` orders them
+            keys = None
+        if keys is not None:
+            entries = None
+            for k in keys:
+                child = x[k]
+                out = _walk(child, path + (k,), on_state, on_node, within)
+                if out is not child:
+                    if entries is None:
+                        entries = dict(x)
+                    entries[k] = out
+            return x if entries is None else entries
+    children, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    outs = [
+        _walk(c, path + keypath_to_path(kp), on_state, on_node, within)
+        for kp, c in children
+    ]
+    if all(o is c for o, (_, c) in zip(outs, children, strict=True)):
+        return x
+    return jtu.tree_unflatten(treedef, outs)
