@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._module import replace_fields
+from ._module import rebuild, replace_fields
 from ._paths import (
     as_path,
     is_value_leaf,
@@ -401,8 +401,7 @@ def _fast_state_level(state: State, value: Any) -> State | None:
     This runs once per state of a restore, so it avoids function calls where it can:
     the first two cases are an array and a dict of arrays whose shapes and dtypes
     match, with nothing to check or cast."""
-    fields = _get(state, "__dict__")
-    old = fields.get("value")
+    old = _get(state, "__dict__").get("value")
     kind = type(value)
     if kind is _ArrayImpl:
         if type(old) is not _ArrayImpl or old.aval != value.aval:
@@ -419,11 +418,7 @@ def _fast_state_level(state: State, value: Any) -> State | None:
         value = dict(value)  # the caller's dict stays theirs
     else:
         return _fast_general(state, old, value)
-    new_state = object.__new__(type(state))
-    new_fields = _get(new_state, "__dict__")
-    new_fields.update(fields)
-    new_fields["value"] = value
-    return new_state
+    return rebuild(state, {"value": value})
 
 
 def _fast_general(state: State, old: Any, value: Any) -> State | None:

@@ -32,6 +32,14 @@ def replace_fields(module: M, **fields: Any) -> M:
     for name in fields:
         if name not in old:
             raise AttributeError(f"`{type(module).__name__}` has no field `{name}`.")
+    return rebuild(module, fields)
+
+
+def rebuild(module: M, fields: dict[str, Any]) -> M:
+    """`replace_fields(module, **fields)` without checking the names: for traversals,
+    whose names come from the module's own fields."""
     new = object.__new__(type(module))
-    object.__getattribute__(new, "__dict__").update(old, **fields)
+    new_fields = object.__getattribute__(new, "__dict__")
+    new_fields.update(object.__getattribute__(module, "__dict__"))
+    new_fields.update(fields)
     return new

@@ -9,6 +9,7 @@ import brainunit as u
 import equinox as eqx
 import jax.tree_util as jtu
 
+from ._module import rebuild
 from ._state import State
 
 
@@ -230,19 +231,18 @@ def _walk(x, path, on_state, on_node, within):
         return x if on_state is None else on_state(path, x)
     if how == _MODULE:
         old = _get(x, "__dict__")
-        new = None
+        changed = None
         for name in fields:
             child = old.get(name, _ABSENT)
             if child is _ABSENT:
                 continue
             out = _walk(child, path + (name,), on_state, on_node, within)
             if out is not child:
-                if new is None:
-                    new = dict(old)
-                new[name] = out
-        if new is not None:
-            x = object.__new__(type(x))
-            _get(x, "__dict__").update(new)
+                if changed is None:
+                    changed = {}
+                changed[name] = out
+        if changed is not None:
+            x = rebuild(x, changed)
         return x if on_node is None else on_node(path, x)
     if how == _SEQUENCE:
         items = None
