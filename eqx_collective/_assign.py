@@ -21,6 +21,7 @@ from ._paths import (
     Path,
     path_repr,
     path_str,
+    walk,
 )
 from ._state import State
 
@@ -524,6 +525,79 @@ def assign_state_values(
                 f"or more dicts."
             )
 
+    result = _assign_state_level(target, state_dicts)
+    if result is None:
+        result = _assign_general(target, state_dicts)
+    unexpected, missing = result.unexpected, result.missing
+    if strict and (unexpected or missing):
+        parts = []
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected key(s) (matching nothing in the model): "
+                f"{_listing(unexpected)}"
+            )
+        if missing:
+            parts.append(
+                f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
+            )
+        raise ValueError(
+            "`assign_state_values(..., strict=True)` found "
+            + " and ".join(parts)
+            + ". Fix the keys, or pass `strict=False` to assign what matches and get "
+            "the mismatches back in the result."
+        )
+    return result
+
+
+class _NotStateLevel(Exception):
+    """Stops `_assign_state_level`'s walk: the general path takes over."""
+
+
+def _assign_state_level(
+    target: PyTree, state_dicts: tuple[Mapping, ...]
+) -> AssignResult | None:
+    """`assign_state_values` in a single walk over `target`, for the common case: every
+    key is the tuple path of a state, and every value has the structure of the one it
+    replaces and passes the checks without a cast (or with the casts of
+    `_fast_state_level`). `None` if that is not so; the general path then starts
+    over, and reports what is wrong."""
+    if len(state_dicts) == 1:
+        given = state_dicts[0]
+    else:
+        given = {}
+        for d in state_dicts:
+            given.update(d)  # later dicts win
+    if given and type(next(iter(given))) is not tuple:
+        return None  # dotted keys: never matched here
+    missing = []
+    used = 0
+
+    def assign(path, state):
+        nonlocal used
+        value = given.get(path, _UNSET)
+        if value is _UNSET:
+            missing.append(path)
+            return state
+        new = _fast_state_level(state, value)
+        if new is None:
+            raise _NotStateLevel
+        used += 1
+        return new
+
+    try:
+        model = walk(target, state=assign)
+    except _NotStateLevel:
+        return None
+    if used != len(given):  # some keys are not state paths
+        return None
+    return AssignResult(model, [], missing)
+
+
+def _assign_general(target: PyTree, state_dicts: tuple[Mapping, ...]) -> AssignResult:
+    """`assign_state_values` for keys at any level and values that need checks and
+    casts: index the model's states and the paths below them, match every key, then
+    check and convert each state's new leaves. Raises the `ValueError` listing every
+    refused value."""
     found = iter_states(target)
     index = _Index(found)
 
@@ -619,24 +693,6 @@ def assign_state_values(
             + "\nGive each value the structure, shape, dtype (or one that casts to it "
             "safely) and unit of the state it replaces."
         )
-    if strict and (unexpected or missing):
-        parts = []
-        if unexpected:
-            parts.append(
-                f"{len(unexpected)} unexpected key(s) (matching nothing in the model): "
-                f"{_listing(unexpected)}"
-            )
-        if missing:
-            parts.append(
-                f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
-            )
-        raise ValueError(
-            "`assign_state_values(..., strict=True)` found "
-            + " and ".join(parts)
-            + ". Fix the keys, or pass `strict=False` to assign what matches and get "
-            "the mismatches back in the result."
-        )
-
     if updates:
         model = map_states(lambda path, state: updates.get(path, state), target)
     else:

@@ -140,6 +140,40 @@ def test_random_subset_assigns_only_those_and_reports_the_rest(data):
     assert missing == expected_missing
 
 
+@given(data=st.data())
+def test_single_walk_and_general_path_agree(data):
+    # State-level keys take a single walk (`_assign_state_level`); anything it does
+    # not handle goes to the general path. Both must give the same result.
+    from eqx_collective._assign import _assign_general, _assign_state_level
+
+    model = make_model(2, n_layers=2)
+    snapshot = ec.state_values(model)
+    keys = data.draw(st.lists(st.sampled_from(sorted(snapshot, key=str)), unique=True))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    values = {k: random_like(snapshot[k], rng) for k in keys}
+    as_numpy = data.draw(st.booleans())  # values the single walk converts too
+    if as_numpy:
+
+        def to_numpy(x):
+            if isinstance(x, u.Quantity):
+                return u.Quantity(np.asarray(x.mantissa), unit=x.unit)
+            return np.asarray(x)
+
+        values = jax.tree.map(
+            to_numpy, values, is_leaf=lambda y: isinstance(y, u.Quantity)
+        )
+    fast = _assign_state_level(model, (values,))
+    assert fast is not None  # the common case does take the single walk
+    general = _assign_general(model, (values,))
+    assert same(fast.model, general.model)
+    assert fast.unexpected == general.unexpected == []
+    assert fast.missing == general.missing
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(fast.model))
+    # a key below a state's level hands everything to the general path
+    leaf_key = next(iter(ec.leaf_values(model)))
+    assert _assign_state_level(model, ({**values, leaf_key: None},)) is None
+
+
 def test_missing_granularity_and_unexpected_order():
     model = make_model()
     result = ec.assign_state_values(
