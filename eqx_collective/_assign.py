@@ -525,7 +525,7 @@ def assign_state_values(
                 f"or more dicts."
             )
 
-    result = _assign_state_level(target, state_dicts)
+    result = _assign_in_one_walk(target, state_dicts)
     if result is None:
         result = _assign_general(target, state_dicts)
     unexpected, missing = result.unexpected, result.missing
@@ -549,18 +549,18 @@ def assign_state_values(
     return result
 
 
-class _NotStateLevel(Exception):
-    """Stops `_assign_state_level`'s walk: the general path takes over."""
+class _NotOneWalk(Exception):
+    """Stops `_assign_in_one_walk`: the general path takes over."""
 
 
-def _assign_state_level(
+def _assign_in_one_walk(
     target: PyTree, state_dicts: tuple[Mapping, ...]
 ) -> AssignResult | None:
-    """`assign_state_values` in a single walk over `target`, for the common case: every
-    key is the tuple path of a state, and every value has the structure of the one it
-    replaces and passes the checks without a cast (or with the casts of
-    `_fast_state_level`). `None` if that is not so; the general path then starts
-    over, and reports what is wrong."""
+    """`assign_state_values` in a single walk over `target`, for the common cases:
+    every key is the tuple path of a state or of a leaf of a state's value, and every
+    value passes the checks (at most with a safe cast or a unit conversion). Returns
+    `None` for anything else; the general path then starts over, and reports what is
+    wrong."""
     if len(state_dicts) == 1:
         given = state_dicts[0]
     else:
@@ -575,20 +575,41 @@ def _assign_state_level(
     def assign(path, state):
         nonlocal used
         value = given.get(path, _UNSET)
-        if value is _UNSET:
+        if value is not _UNSET:
+            new = _fast_state_level(state, value)
+            if new is None:
+                raise _NotOneWalk
+            used += 1
+            return new
+        # leaf-level keys, or none: one lookup per leaf of the value
+        leaves, treedef = jtu.tree_flatten(_state_value(state), is_leaf=is_value_leaf)
+        try:
+            subpaths = _subpaths_of(treedef)[0]
+        except Exception:  # a custom node that cannot be rebuilt from placeholders
+            raise _NotOneWalk from None
+        new_leaves, unset = [], []
+        for sub, leaf in zip(subpaths, leaves, strict=True):
+            value = given.get(path + sub, _UNSET) if sub else _UNSET
+            if value is _UNSET:
+                new_leaves.append(leaf)
+                unset.append(path + sub)
+                continue
+            try:
+                new_leaves.append(_convert_leaf(leaf, value))
+            except _Mismatch:
+                raise _NotOneWalk from None
+        if len(unset) == len(leaves):  # untouched: reported by its state-level path
             missing.append(path)
             return state
-        new = _fast_state_level(state, value)
-        if new is None:
-            raise _NotStateLevel
-        used += 1
-        return new
+        missing.extend(unset)
+        used += len(leaves) - len(unset)
+        return replace_fields(state, value=jtu.tree_unflatten(treedef, new_leaves))
 
     try:
         model = walk(target, state=assign)
-    except _NotStateLevel:
+    except _NotOneWalk:
         return None
-    if used != len(given):  # some keys are not state paths
+    if used != len(given):  # some keys name no state or leaf
         return None
     return AssignResult(model, [], missing)
 

@@ -142,12 +142,19 @@ def test_random_subset_assigns_only_those_and_reports_the_rest(data):
 
 @given(data=st.data())
 def test_single_walk_and_general_path_agree(data):
-    # State-level keys take a single walk (`_assign_state_level`); anything it does
-    # not handle goes to the general path. Both must give the same result.
-    from eqx_collective._assign import _assign_general, _assign_state_level
+    # Tuple keys of states and of leaves take a single walk (`_assign_in_one_walk`);
+    # anything it does not handle goes to the general path. Both must agree.
+    from eqx_collective._assign import _assign_general, _assign_in_one_walk
 
     model = make_model(2, n_layers=2)
-    snapshot = ec.state_values(model)
+    by_state, by_leaf = ec.state_values(model), ec.leaf_values(model)
+    whole = data.draw(st.sets(st.sampled_from(sorted(by_state, key=str))))
+    snapshot = {
+        **{k: v for k, v in by_state.items() if k in whole},
+        **{
+            k: v for k, v in by_leaf.items() if not any(k[: len(w)] == w for w in whole)
+        },
+    }
     keys = data.draw(st.lists(st.sampled_from(sorted(snapshot, key=str)), unique=True))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     values = {k: random_like(snapshot[k], rng) for k in keys}
@@ -162,16 +169,19 @@ def test_single_walk_and_general_path_agree(data):
         values = jax.tree.map(
             to_numpy, values, is_leaf=lambda y: isinstance(y, u.Quantity)
         )
-    fast = _assign_state_level(model, (values,))
-    assert fast is not None  # the common case does take the single walk
+    fast = _assign_in_one_walk(model, (values,))
+    assert fast is not None  # the common cases do take the single walk
     general = _assign_general(model, (values,))
     assert same(fast.model, general.model)
     assert fast.unexpected == general.unexpected == []
     assert fast.missing == general.missing
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(fast.model))
-    # a key below a state's level hands everything to the general path
-    leaf_key = next(iter(ec.leaf_values(model)))
-    assert _assign_state_level(model, ({**values, leaf_key: None},)) is None
+    # an unexpected key, or a state named at two levels (where the order of the keys
+    # decides), hands everything to the general path
+    assert _assign_in_one_walk(model, ({**values, ("nope",): 1},)) is None
+    path = ("layers", 0, "weight")
+    both = {path: by_state[path], path + ("bias",): by_leaf[path + ("bias",)]}
+    assert _assign_in_one_walk(model, (both,)) is None
 
 
 def test_missing_granularity_and_unexpected_order():
