@@ -397,7 +397,8 @@ def _same_arrays(old: Any, new: Any) -> bool:
 def _fast_state_level(state: State, value: Any) -> State | None:
     """The new state for the common case of a whole new value with the very structure
     of the old one (units included: they are part of a `Quantity`'s tree structure).
-    Returns `None` to leave it to the general path (which also reports errors).
+    Returns `None` for anything else, left to the per-leaf checks (which also report
+    errors).
 
     This runs once per state of a restore, so it avoids function calls where it can:
     the first two cases are an array and a dict of arrays whose shapes and dtypes

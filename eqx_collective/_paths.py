@@ -107,26 +107,23 @@ def is_value_leaf(x: Any) -> bool:
 def iter_nodes(tree: Any) -> list[tuple[Path, eqx.Module]]:
     """`(path, node)` for every module node of `tree`, root included, children before
     their parent, siblings in declaration order."""
-    found = []
-
-    def record(path, node):
-        found.append((path, node))
-        return node
-
-    walk(tree, node=record)
-    return found
+    return _collect(tree, "node")
 
 
 def iter_states(tree: Any) -> list[tuple[Path, State]]:
     """`(path, state)` for every [`eqx_collective.State`][] of `tree`, in pytree
     order."""
+    return _collect(tree, "state")
+
+
+def _collect(tree: Any, kind: str) -> list[tuple[Path, Any]]:
     found = []
 
-    def record(path, state):
-        found.append((path, state))
-        return state
+    def record(path, x):
+        found.append((path, x))
+        return x
 
-    walk(tree, state=record)
+    walk(tree, **{kind: record})
     return found
 
 
@@ -211,12 +208,10 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
         how = (_DICT, ())
     elif quantity:  # a pytree node, but it never holds a module
         how = (_LEAF, ())
-    else:
-        treedef = jtu.tree_structure(x)
-        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
-            how = (_LEAF, ())  # not a registered pytree node: no instance has children
-        else:
-            return (_OTHER, ())  # not cached: an empty instance proves nothing
+    else:  # a registered pytree node, or a leaf: flatten one level to tell
+        treedef = jtu.tree_structure(x, is_leaf=lambda y: y is not x)
+        leaf = treedef.num_nodes == 1 and treedef.num_leaves == 1
+        how = (_LEAF if leaf else _OTHER, ())
     _HOW[cls] = how
     return how
 
