@@ -35,29 +35,45 @@ def import_brainstate():
 def interleaved_medians(
     fns: list[Callable[[], object]], repeats: int, warmup: int = 1
 ) -> list[float]:
-    """Median wall time (`time.perf_counter`) of each of `fns`, run round-robin so that
-    all of them see the same machine load. Each `fn` must block until its result is
-    ready (call `jax.block_until_ready` inside).
+    """The median of each function's times from `interleaved_times`."""
+    return [statistics.median(ts) for ts in interleaved_times(fns, repeats, warmup)]
 
-    The order rotates from one round to the next, so that the garbage one function
-    leaves behind is not always collected during the same other function; a full
-    garbage collection runs (untimed) before the first round, and a young-generation
-    one before each round (a full one per round would cost tens of ms with JAX's
-    heap)."""
+
+def interleaved_times(
+    fns: list[Callable[[], object]], repeats: int, warmup: int = 1
+) -> list[list[float]]:
+    """Wall times (`time.perf_counter`) of `repeats` calls of each of `fns`, run
+    round-robin so that all of them see the same machine load. Each `fn` must block
+    until its result is ready (call `jax.block_until_ready` inside).
+
+    The order rotates from one round to the next. As `timeit` does, the garbage
+    collector is off during the timed calls: otherwise a full collection, whose cost
+    grows with everything the process holds (JAX's caches, the other benchmarks'
+    models), lands in whichever call happens to trigger it. A full collection runs
+    (untimed) before the first round, and a young-generation one before each round.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     order = list(range(len(fns)))
     gc.collect()
-    for r in range(repeats):
-        gc.collect(1)
-        shift = r % len(fns)
-        for i in order[shift:] + order[:shift]:
-            t0 = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
+    enabled = gc.isenabled()
+    try:
+        for r in range(repeats):
+            gc.collect(1)
+            gc.disable()
+            shift = r % len(fns)
+            for i in order[shift:] + order[:shift]:
+                t0 = time.perf_counter()
+                fns[i]()
+                times[i].append(time.perf_counter() - t0)
+            if enabled:
+                gc.enable()
+    finally:
+        if enabled:
+            gc.enable()
+    return times
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -204,8 +204,10 @@ def write_results(rows: list[dict], quick: bool, elapsed: float) -> None:
         + (" --quick --write" if quick else "")
         + "`; do not edit by hand. "
         "Times are medians of interleaved repeats in one process (`time.perf_counter`, "
-        "`jax.block_until_ready`); **ratio = reference time / our time** (> 1: we are "
-        "faster), measured in the same run.",
+        "`jax.block_until_ready`, the garbage collector off during timed calls as in "
+        "`timeit`); **ratio = reference time / our time** (> 1: we are faster), "
+        "measured in the same run. Growth factors come from each function's best time "
+        "run alone (see `bench_collective.py`).",
         "",
         *machine_lines(),
         f"- mode: {'quick (smoke sizes)' if quick else 'full'}, {elapsed:.0f} s",
