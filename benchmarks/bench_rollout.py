@@ -144,7 +144,7 @@ def run(quick: bool = False) -> list[dict]:
     if quick:
         steps, num_in, num_out, batch, repeats, compiles = 10, 4, 8, 2, 5, 1
     else:
-        steps, num_in, num_out, batch, repeats, compiles = 100, 16, 64, 32, 101, 3
+        steps, num_in, num_out, batch, repeats, compiles = 100, 16, 64, 32, 301, 3
     xs = jax.random.normal(jax.random.key(1), (steps, batch, num_in))
     cell = make_ours(num_in, num_out, batch)
     W, b = cell.W.weight.value["weight"], cell.W.weight.value["bias"]
