@@ -59,17 +59,15 @@ def interleaved_times(
     order = list(range(len(fns)))
     gc.collect()
     enabled = gc.isenabled()
+    gc.disable()  # (`gc.collect` still works)
     try:
         for r in range(repeats):
             gc.collect(1)
-            gc.disable()
             shift = r % len(fns)
             for i in order[shift:] + order[:shift]:
                 t0 = time.perf_counter()
                 fns[i]()
                 times[i].append(time.perf_counter() - t0)
-            if enabled:
-                gc.enable()
     finally:
         if enabled:
             gc.enable()
