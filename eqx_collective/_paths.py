@@ -251,7 +251,7 @@ def _walk(x, path, on_state, on_node, within):
     if how == _DICT:
         try:
             keys = sorted(x)
-        except TypeError:  # keys that do not sort: as `jax.tree_util` orders them
+        except TypeError:  # keys that do not sort: `jax.tree_util` decides (below)
             keys = None
         if keys is not None:
             entries = None
