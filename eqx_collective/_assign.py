@@ -1,4 +1,10 @@
-"""Restoring values: `assign_state_values` and its `AssignResult`."""
+"""Restoring values: `assign_state_values` and its `AssignResult`.
+
+One mechanism for every key form: an index of the model's state view finds the place
+each key names (a state, a sub-tree of its value, or a leaf), one set of checks
+converts each given leaf against the leaf it replaces, and one walk writes the new
+states back.
+"""
 
 import functools
 from collections.abc import Mapping
@@ -11,22 +17,23 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._module import rebuild, replace_fields
+from ._module import replace_fields
 from ._paths import (
     as_path,
     is_value_leaf,
-    iter_states,
     keypath_to_path,
-    map_states,
     Path,
     path_repr,
     path_str,
-    walk,
 )
 from ._state import State
+from ._walk import iter_states, map_states
 
 
 _MAX_LISTED = 20
+_get = object.__getattribute__  # bypasses the slow `eqx.Module.__getattribute__`
+_ArrayImpl = type(jnp.zeros(()))
+_UNSET = object()
 
 
 class AssignResult(NamedTuple):
@@ -64,191 +71,91 @@ class _Mismatch(Exception):
     """Raised internally by the per-leaf checks; collected into one `ValueError`."""
 
 
-class _Ambiguous:
-    """Marks a dotted string that names more than one place of the model."""
+class _Slot:
+    """One state of the model: its value's leaves, their structure and their paths
+    relative to the state."""
 
-    def __init__(self, *paths: Path):
-        self.paths = list(paths)
-
-
-_get = object.__getattribute__  # bypasses the slow `eqx.Module.__getattribute__`
-
-
-def _state_value(state: State) -> Any:
-    try:
-        return _get(state, "__dict__")["value"]
-    except (AttributeError, KeyError):
-        return state.value
-
-
-class _StateSlot:
-    """One state of the model; its value's leaves and their paths, computed when
-    needed."""
-
-    __slots__ = ("path", "state", "_leaves", "_treedef", "_subpaths")
+    __slots__ = ("path", "state", "leaves", "treedef", "subpaths")
 
     def __init__(self, path: Path, state: State):
-        self.path = path
-        self.state = state
-        self._leaves = None
-        self._treedef = None
-        self._subpaths = None
+        self.path, self.state = path, state
+        value = _get(state, "__dict__")["value"]
+        self.leaves, self.treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
+        self.subpaths = _SUBPATHS.get(self.treedef)
+        if self.subpaths is None:
+            flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
+            self.subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
+            _SUBPATHS[self.treedef] = self.subpaths
 
-    def flat(self) -> tuple[list, jtu.PyTreeDef]:
-        if self._leaves is None:
-            self._leaves, self._treedef = jtu.tree_flatten(
-                _state_value(self.state), is_leaf=is_value_leaf
-            )
-        return self._leaves, self._treedef
-
-    @property
-    def subpaths(self) -> tuple[Path, ...]:
-        """The leaves' paths relative to the state."""
-        if self._subpaths is None:
-            treedef = self.flat()[1]
-            try:
-                self._subpaths = _subpaths_of(treedef)[0]
-            except Exception:  # a custom node that cannot be rebuilt from placeholders
-                flat = jtu.tree_flatten_with_path(
-                    _state_value(self.state), is_leaf=is_value_leaf
-                )[0]
-                self._subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
-        return self._subpaths
-
-    def below(self) -> tuple[tuple[Path, int | None], ...]:
-        """`(path, leaf index or None)` for every path strictly below the state."""
-        try:
-            return _subpaths_of(self.flat()[1])[1]
-        except Exception:
-            return _places_below(self.subpaths)
-
-    def below_dotted(self) -> tuple[tuple[Path, int | None, str], ...]:
-        """`below()` with the dotted form of each path."""
-        try:
-            return _subpaths_of(self.flat()[1])[2]
-        except Exception:
-            return tuple((p, j, path_str(p)) for p, j in _places_below(self.subpaths))
-
-    def leaf_indices(self, sub: Path) -> list[int]:
+    def targets(self, sub: Path) -> list[int]:
         """The indices of the leaves at or below `sub` (relative to the state)."""
         if not sub:
-            return list(range(len(self.flat()[0])))
+            return list(range(len(self.leaves)))
         n = len(sub)
         return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
 
 
-class _Index:
-    """Finds the place a key names: `(state index, path inside the value, leaf index
-    if that path is a leaf's)`.
+# Leaf paths per value structure: many states share one, and `tree_flatten` is several
+# times cheaper than `tree_flatten_with_path`.
+_SUBPATHS: dict[jtu.PyTreeDef, tuple[Path, ...]] = {}
 
-    State-level paths are indexed eagerly; leaf-level and intermediate paths, and the
-    dotted strings of all of them, only when a key needs them. Every index is built in
-    one pass over the states, so the cost stays linear in the model's size.
-    """
+
+class _Index:
+    """Finds the place a key names, as `(state number, path inside the value)`.
+
+    State-level tuple paths are indexed at once; the paths below them, and the dotted
+    strings of all of them, when a key first needs them. Each is one pass over the
+    states, so the cost stays linear in the model's size."""
 
     def __init__(self, found: list[tuple[Path, State]]):
         self.found = found
-        self._slots: list[_StateSlot | None] = [None] * len(found)
-        # state-level paths, and the paths below them (built when needed)
-        self.exact: dict[Path, tuple[int, Path, int | None]] = {
-            path: (i, (), None) for i, (path, _) in enumerate(found)
-        }
-        self.deep: dict[Path, tuple[int, Path, int | None]] | None = None
-        self._dotted: dict[str, Any] | None = None
+        self.slots: list[_Slot | None] = [None] * len(found)
+        self.exact = {path: (i, ()) for i, (path, _) in enumerate(found)}
+        self._deep: dict[Path, tuple[int, Path]] | None = None
+        self._dotted: dict[str, list] | None = None
 
-    def slot(self, i: int) -> _StateSlot:
-        """The `i`-th state's `_StateSlot`, made when first needed."""
-        slot = self._slots[i]
-        if slot is None:
-            slot = self._slots[i] = _StateSlot(*self.found[i])
-        return slot
+    def slot(self, i: int) -> _Slot:
+        if self.slots[i] is None:
+            self.slots[i] = _Slot(*self.found[i])
+        return self.slots[i]
 
-    def _build_deep(self):
-        deep = self.deep = {}
-        for i in range(len(self.found)):
-            slot = self.slot(i)
-            base = slot.path
-            for sub, j in slot.below():
-                deep[base + sub] = (i, sub, j)
+    def _places(self):
+        """`(path, where)` of every state and every place below it."""
+        for i, (path, _) in enumerate(self.found):
+            yield path, (i, ())
+            seen = set()
+            for sub in self.slot(i).subpaths:
+                for k in range(1, len(sub) + 1):
+                    if sub[:k] not in seen:
+                        seen.add(sub[:k])
+                        yield path + sub[:k], (i, sub[:k])
 
-    def _build_dotted(self):
-        dotted: dict[str, Any] = {}
+    def lookup(self, key: Any) -> tuple[int, Path] | None:
+        if isinstance(key, str):
+            return self._lookup_dotted(key)
+        path = as_path(key)  # a `TypeError` for anything that is not a path
+        where = self.exact.get(path)
+        if where is None:
+            if self._deep is None:
+                self._deep = dict(self._places())
+            where = self._deep.get(path)
+        return where if where is not None else self._lookup_dotted(path_str(path))
 
-        def add(text, where, path):
-            other = dotted.get(text)
-            if other is None:
-                dotted[text] = (where, path)
-            elif isinstance(other, _Ambiguous):
-                other.paths.append(path)
-            elif other[0] != where:
-                dotted[text] = _Ambiguous(other[1], path)
-
-        for i in range(len(self.found)):
-            slot = self.slot(i)
-            base = path_str(slot.path)
-            add(base, (i, (), None), slot.path)
-            prefix = base + "." if slot.path else ""
-            for sub, j, text in slot.below_dotted():
-                add(prefix + text, (i, sub, j), slot.path + sub)
-        self._dotted = dotted
-
-    def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
-        if type(key) is tuple:
-            where = self.exact.get(key)
-            if where is not None:
-                return where
-            if self.deep is None:
-                self._build_deep()
-            where = self.deep.get(key)
-            if where is not None:
-                return where
-            as_path(key)  # a `TypeError` for entries that are not `str` or `int`
-            text = path_str(key)
-        elif isinstance(key, str):
-            text = key
-        elif isinstance(key, (tuple, list)):
-            return self.lookup(tuple(key))
-        else:
-            as_path(key)  # a `TypeError`: not a path at all
-            raise AssertionError("unreachable")
+    def _lookup_dotted(self, text: str) -> tuple[int, Path] | None:
         if self._dotted is None:
-            self._build_dotted()
+            self._dotted = {}
+            for path, where in self._places():
+                self._dotted.setdefault(path_str(path), []).append((path, where))
         found = self._dotted.get(text)
         if found is None:
             return None
-        if isinstance(found, _Ambiguous):
+        if len(found) > 1:
             raise ValueError(
-                f"The key {key!r} given to `assign_state_values` is ambiguous: as a "
-                f"dotted string it names each of {found.paths}. Pass the exact tuple "
-                f"path instead."
+                f"The key {text!r} given to `assign_state_values` is ambiguous: as a "
+                f"dotted string it names each of {[p for p, _ in found]}. Pass the "
+                "exact tuple path instead."
             )
-        return found[0]
-
-
-def _places_below(subpaths: tuple[Path, ...]) -> tuple[tuple[Path, int | None], ...]:
-    """The paths strictly below a state (leaves and intermediate nodes) with the leaf
-    index of each leaf (`None` for an intermediate node)."""
-    places: dict[Path, int | None] = {}
-    for j, sub in enumerate(subpaths):
-        for k in range(1, len(sub)):
-            places.setdefault(sub[:k], None)
-        if sub:  # not an array- or Quantity-valued state's own path
-            places[sub] = j
-    return tuple(places.items())
-
-
-@functools.lru_cache(maxsize=512)
-def _subpaths_of(treedef: jtu.PyTreeDef) -> tuple[tuple, tuple, tuple]:
-    """The leaf paths of a value of structure `treedef` (flattened with `Quantity`s as
-    leaves), `_places_below` of them, and the same with dotted strings. Cached: many
-    states share a structure."""
-    skeleton = jtu.tree_unflatten(treedef, [0] * treedef.num_leaves)
-    flat = jtu.tree_flatten_with_path(skeleton)[0]
-    if len(flat) != treedef.num_leaves:
-        raise ValueError("the structure does not round-trip through placeholders")
-    subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
-    below = _places_below(subpaths)
-    return subpaths, below, tuple((p, j, path_str(p)) for p, j in below)
+        return found[0][1]
 
 
 @functools.cache
@@ -265,7 +172,8 @@ def _describe(x: Any) -> str:
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)
     if shape is not None and dtype is not None:
-        return f"{np.dtype(dtype).name}[{','.join(map(str, shape))}]"
+        name = str(dtype) if _is_key(dtype) else np.dtype(dtype).name
+        return f"{name}[{','.join(map(str, shape))}]"
     return f"{type(x).__name__} {x!r}"[:80]
 
 
@@ -318,9 +226,18 @@ def _convert_array(expected: Any, given: Any) -> Any:
         if isinstance(given, jax.Array):
             return given
         return jnp.asarray(given)
+    if _is_key(g_dtype) or _is_key(e_dtype):  # typed PRNG keys: same impl only
+        raise _Mismatch(
+            f"{_describe(expected)} (turn raw key data into keys with "
+            "`jax.random.wrap_key_data`)"
+        )
     if not _safe_cast(np.dtype(g_dtype), np.dtype(e_dtype)):
         raise _Mismatch(f"{_describe(expected)} (or a dtype that casts to it safely)")
     return jnp.asarray(given, dtype=e_dtype)
+
+
+def _is_key(dtype: Any) -> bool:
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def _is_plain_unit(unit: u.Unit) -> bool:
@@ -329,8 +246,9 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
-    if _same_arrays(expected, given):
-        return given  # the common case, without the general checks below
+    if type(given) is _ArrayImpl and type(expected) is _ArrayImpl:
+        if given.aval == expected.aval:  # the common case: nothing to check or cast
+            return given
     if isinstance(expected, u.Quantity):
         unit = expected.unit
         if isinstance(given, u.Quantity):
@@ -387,62 +305,6 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
             raise _Mismatch(f"a {type(expected).__name__}")
         return given
     return _convert_array(expected, given)
-
-
-def _same_arrays(old: Any, new: Any) -> bool:
-    """Both JAX arrays, of the same shape and dtype: nothing to check or cast."""
-    return type(new) is _ArrayImpl and type(old) is _ArrayImpl and new.aval == old.aval
-
-
-def _fast_state_level(state: State, value: Any) -> State | None:
-    """The new state for the common case of a whole new value with the very structure
-    of the old one (units included: they are part of a `Quantity`'s tree structure).
-    Returns `None` for anything else, left to the per-leaf checks (which also report
-    errors).
-
-    This runs once per state of a restore, so it avoids function calls where it can:
-    the first two cases are an array and a dict of arrays whose shapes and dtypes
-    match, with nothing to check or cast."""
-    old = _get(state, "__dict__").get("value")
-    kind = type(value)
-    if kind is _ArrayImpl:
-        if type(old) is not _ArrayImpl or old.aval != value.aval:
-            return _fast_general(state, old, value)
-    elif kind is dict and type(old) is dict and len(old) == len(value):
-        for k, leaf in old.items():
-            new = value.get(k, _UNSET)
-            if (
-                type(new) is not _ArrayImpl
-                or type(leaf) is not _ArrayImpl
-                or leaf.aval != new.aval
-            ):
-                return _fast_general(state, old, value)
-        value = dict(value)  # the caller's dict stays theirs
-    else:
-        return _fast_general(state, old, value)
-    return rebuild(state, {"value": value})
-
-
-def _fast_general(state: State, old: Any, value: Any) -> State | None:
-    """`_fast_state_level` for any value whose structure is the old one's."""
-    e_leaves, e_treedef = jtu.tree_flatten(old)
-    g_leaves, g_treedef = jtu.tree_flatten(value)
-    if g_treedef != e_treedef:
-        return None
-    try:
-        new = [_convert_leaf(e, g) for e, g in zip(e_leaves, g_leaves, strict=True)]
-    except _Mismatch:
-        return None
-    return replace_fields(state, value=jtu.tree_unflatten(e_treedef, new))
-
-
-_UNSET = object()
-_ArrayImpl = type(jnp.zeros(()))
-# Types that are one leaf of a value (what a leaf-level key usually carries).
-_LEAF_TYPES = frozenset(
-    {_ArrayImpl, np.ndarray, u.Quantity, bool, int, float, complex}
-    | {type(np.dtype(c).type(0)) for c in "?bhilqBHILQefdgFDG"}
-)
 
 
 def assign_state_values(
@@ -513,6 +375,7 @@ def assign_state_values(
         assert unexpected == [] and missing == []
         ```
     """
+
     if not isinstance(strict, bool):
         raise TypeError(
             f"`assign_state_values` takes `strict=True` or `strict=False`, but got "
@@ -525,201 +388,113 @@ def assign_state_values(
                 f"values, but got {type(d).__name__}. Pass the target first, then one "
                 f"or more dicts."
             )
-
-    result = _assign_in_one_walk(target, state_dicts)
-    if result is None:
-        result = _assign_general(target, state_dicts)
-    unexpected, missing = result.unexpected, result.missing
-    if strict and (unexpected or missing):
-        parts = []
-        if unexpected:
-            parts.append(
-                f"{len(unexpected)} unexpected key(s) (matching nothing in the model): "
-                f"{_listing(unexpected)}"
-            )
-        if missing:
-            parts.append(
-                f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
-            )
-        raise ValueError(
-            "`assign_state_values(..., strict=True)` found "
-            + " and ".join(parts)
-            + ". Fix the keys, or pass `strict=False` to assign what matches and get "
-            "the mismatches back in the result."
-        )
-    return result
-
-
-class _NotOneWalk(Exception):
-    """Stops `_assign_in_one_walk`: the general path takes over."""
-
-
-def _assign_in_one_walk(
-    target: PyTree, state_dicts: tuple[Mapping, ...]
-) -> AssignResult | None:
-    """`assign_state_values` in a single walk over `target`, for the common cases:
-    every key is the tuple path of a state or of a leaf of a state's value, and every
-    value passes the checks (at most with a safe cast or a unit conversion). Returns
-    `None` for anything else; the general path then starts over, and reports what is
-    wrong."""
-    if len(state_dicts) == 1:
-        given = state_dicts[0]
-    else:
-        given = {}
-        for d in state_dicts:
-            given.update(d)  # later dicts win
-    if given and type(next(iter(given))) is not tuple:
-        return None  # dotted keys: never matched here
-    missing = []
-    used = 0
-
-    def assign(path, state):
-        nonlocal used
-        value = given.get(path, _UNSET)
-        if value is not _UNSET:
-            new = _fast_state_level(state, value)
-            if new is None:
-                raise _NotOneWalk
-            used += 1
-            return new
-        # leaf-level keys, or none: one lookup per leaf of the value
-        leaves, treedef = jtu.tree_flatten(_state_value(state), is_leaf=is_value_leaf)
-        try:
-            subpaths = _subpaths_of(treedef)[0]
-        except Exception:  # a custom node that cannot be rebuilt from placeholders
-            raise _NotOneWalk from None
-        new_leaves, unset = [], []
-        for sub, leaf in zip(subpaths, leaves, strict=True):
-            value = given.get(path + sub, _UNSET) if sub else _UNSET
-            if value is _UNSET:
-                new_leaves.append(leaf)
-                unset.append(path + sub)
-                continue
-            try:
-                new_leaves.append(_convert_leaf(leaf, value))
-            except _Mismatch:
-                raise _NotOneWalk from None
-        if len(unset) == len(leaves):  # untouched: reported by its state-level path
+    index = _Index(iter_states(target))
+    plans, unexpected = _match_keys(index, state_dicts)
+    updates, missing, errors = {}, [], []
+    for i, (path, _) in enumerate(index.found):
+        plan = plans.get(i)
+        if plan is None:
             missing.append(path)
-            return state
-        missing.extend(unset)
-        used += len(leaves) - len(unset)
-        return replace_fields(state, value=jtu.tree_unflatten(treedef, new_leaves))
+        else:
+            updates[path] = _new_state(index, i, plan, missing, errors)
+    if errors:
+        raise ValueError(
+            f"`assign_state_values` refused {len(errors)} value(s), so nothing was "
+            f"assigned:\n"
+            + "\n".join(f"  - {e}" for e in errors[:_MAX_LISTED])
+            + (f"\n  ... and {len(errors) - _MAX_LISTED} more." if errors[20:] else "")
+            + "\nGive each value the structure, shape, dtype (or one that casts to it "
+            "safely) and unit of the state it replaces."
+        )
+    if strict and (unexpected or missing):
+        _refuse_mismatched_keys(unexpected, missing)
+    model = map_states(lambda p, s: updates.get(p, s), target) if updates else target
+    return AssignResult(model, unexpected, missing)
 
-    try:
-        model = walk(target, state=assign)
-    except _NotOneWalk:
-        return None
-    if used != len(given):  # some keys name no state or leaf
-        return None
-    return AssignResult(model, [], missing)
 
-
-def _assign_general(target: PyTree, state_dicts: tuple[Mapping, ...]) -> AssignResult:
-    """`assign_state_values` for keys at any level and values that need checks and
-    casts: index the model's states and the paths below them, match every key, then
-    check and convert each state's new leaves. Raises the `ValueError` listing every
-    refused value."""
-    found = iter_states(target)
-    index = _Index(found)
-
-    # For each state, the keys naming it, in order: later keys overwrite earlier ones.
-    plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
+def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
+    """For each state, the `(path inside the value, value)` the keys name, in order
+    (later keys overwrite earlier ones); and the keys that name nothing."""
+    plans: dict[int, list[tuple[Path, Any]]] = {}
     unexpected: list = []
-    seen_unexpected: set = set()
     for d in state_dicts:
         for key, value in d.items():
             where = index.lookup(key)
             if where is None:
-                hkey = tuple(key) if isinstance(key, list) else key
-                if hkey not in seen_unexpected:
-                    seen_unexpected.add(hkey)
-                    unexpected.append(hkey)
-                continue
-            i, sub, j = where
-            plan = plans.get(i)
-            if plan is None:
-                plans[i] = [(sub, j, value)]
+                key = tuple(key) if isinstance(key, list) else key
+                if key not in unexpected:
+                    unexpected.append(key)
             else:
-                plan.append((sub, j, value))
+                plans.setdefault(where[0], []).append((where[1], value))
+    return plans, unexpected
 
-    errors: list[str] = []
-    updates: dict[Path, State] = {}  # the new states
-    missing: list[Path] = []
-    for i, (path, state) in enumerate(found):
-        plan = plans.get(i)
-        if plan is None:
-            missing.append(path)
-            continue
-        if len(plan) == 1 and not plan[0][0]:
-            new_state = _fast_state_level(state, plan[0][2])
-            if new_state is not None:
-                updates[path] = new_state
-                continue
-        slot = index.slot(i)
-        leaves, v_treedef = slot.flat()
-        new_leaves = [_UNSET] * len(leaves)
-        for sub, j, value in plan:
-            if j is not None and type(value) in _LEAF_TYPES:
-                # a leaf-level key and a single array (the common case)
-                targets, g_leaves = (j,), (value,)
-            else:
-                g_leaves, g_treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
-                if not sub and g_treedef == v_treedef:
-                    targets = range(len(leaves))
-                else:
-                    targets = slot.leaf_indices(sub)
-                    g_sub = [
-                        sub + keypath_to_path(kp)
-                        for kp, _ in jtu.tree_flatten_with_path(
-                            value, is_leaf=is_value_leaf
-                        )[0]
-                    ]
-                    e_sub = [slot.subpaths[t] for t in targets]
-                    if list(map(path_str, g_sub)) != list(map(path_str, e_sub)):
-                        n = len(sub)
-                        expected = [path_str(p[n:]) or "<leaf>" for p in e_sub]
-                        given = [path_str(p[n:]) or "<leaf>" for p in g_sub]
-                        errors.append(
-                            f"at {path_repr(slot.path + sub)}: expected a value with "
-                            f"leaves {expected}, but got one with leaves {given} "
-                            f"(structure {g_treedef})."
-                        )
-                        continue
-            for t, leaf in zip(targets, g_leaves, strict=True):
-                try:
-                    new_leaves[t] = _convert_leaf(leaves[t], leaf)
-                except _Mismatch as e:
-                    errors.append(
-                        f"at {path_repr(slot.path + slot.subpaths[t])}: "
-                        f"expected {e.args[0]}, but got {_describe(leaf)}."
-                    )
-        unset = [t for t, x in enumerate(new_leaves) if x is _UNSET]
-        if unset:
-            missing.extend(slot.path + slot.subpaths[t] for t in unset)
-            new_leaves = [
-                leaves[t] if x is _UNSET else x for t, x in enumerate(new_leaves)
+
+def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
+    """The state `i` with the values its keys give, each leaf checked; records the
+    leaves left unassigned in `missing` and what was refused in `errors`."""
+    path, state = index.found[i]
+    if len(plan) == 1 and not plan[0][0]:
+        old, value = _get(state, "__dict__")["value"], plan[0][1]
+        if type(value) is _ArrayImpl and type(old) is _ArrayImpl:
+            if value.aval == old.aval:  # the common case: nothing to check or cast
+                return replace_fields(state, value=value)
+    slot = index.slot(i)
+    new = [_UNSET] * len(slot.leaves)
+    for sub, value in plan:
+        targets = slot.targets(sub)
+        given, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
+        if not (not sub and treedef == slot.treedef):
+            given_subs = [
+                sub + keypath_to_path(kp)
+                for kp, _ in jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
             ]
-        updates[path] = replace_fields(
-            state, value=jtu.tree_unflatten(v_treedef, new_leaves)
-        )
+            expected_subs = [slot.subpaths[t] for t in targets]
+            if list(map(path_str, given_subs)) != list(map(path_str, expected_subs)):
+                errors.append(_structure_error(path + sub, sub, expected_subs, value))
+                continue
+        for t, leaf in zip(targets, given, strict=True):
+            try:
+                new[t] = _convert_leaf(slot.leaves[t], leaf)
+            except _Mismatch as e:
+                errors.append(
+                    f"at {path_repr(path + slot.subpaths[t])}: expected {e.args[0]}, "
+                    f"but got {_describe(leaf)}."
+                )
+    unset = [t for t, x in enumerate(new) if x is _UNSET]
+    missing.extend(path + slot.subpaths[t] for t in unset)
+    for t in unset:
+        new[t] = slot.leaves[t]
+    return replace_fields(state, value=jtu.tree_unflatten(slot.treedef, new))
 
-    if errors:
-        shown = errors[:_MAX_LISTED]
-        more = len(errors) - len(shown)
-        raise ValueError(
-            f"`assign_state_values` refused {len(errors)} value(s), so nothing was "
-            f"assigned:\n"
-            + "\n".join(f"  - {e}" for e in shown)
-            + (f"\n  ... and {more} more." if more else "")
-            + "\nGive each value the structure, shape, dtype (or one that casts to it "
-            "safely) and unit of the state it replaces."
+
+def _structure_error(where: Path, sub: Path, expected: list, value: Any) -> str:
+    n = len(sub)
+    flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
+    given = [path_str(keypath_to_path(kp)) or "<leaf>" for kp, _ in flat]
+    expected = [path_str(p[n:]) or "<leaf>" for p in expected]
+    return (
+        f"at {path_repr(where)}: expected a value with leaves {expected}, but got one "
+        f"with leaves {given} (structure {jtu.tree_structure(value)})."
+    )
+
+
+def _refuse_mismatched_keys(unexpected: list, missing: list):
+    parts = []
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} unexpected key(s) (matching nothing in the model): "
+            f"{_listing(unexpected)}"
         )
-    if updates:
-        model = map_states(lambda path, state: updates.get(path, state), target)
-    else:
-        model = target
-    return AssignResult(model, unexpected, missing)
+    if missing:
+        parts.append(
+            f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
+        )
+    raise ValueError(
+        "`assign_state_values(..., strict=True)` found "
+        + " and ".join(parts)
+        + ". Fix the keys, or pass `strict=False` to assign what matches and get "
+        "the mismatches back in the result."
+    )
 
 
 def _listing(keys: list) -> str:

@@ -12,7 +12,8 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ._filters import Filter, to_predicate
 from ._module import method
-from ._paths import iter_nodes, Path, path_hash, path_repr, walk
+from ._paths import Path, path_hash, path_repr
+from ._walk import iter_nodes, walk
 
 
 T = TypeVar("T")

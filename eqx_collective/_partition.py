@@ -7,7 +7,10 @@ import jax.tree_util as jtu
 from jaxtyping import PyTree
 
 from ._filters import Filter, to_predicate
-from ._paths import is_state, keypath_to_path
+from ._walk import map_states
+
+
+_SELECTED = object()  # marks what a filter selects, in the spec given to `eqx.partition`
 
 
 def partition(model: PyTree, *filters: Filter) -> tuple[PyTree, ...]:
@@ -15,10 +18,17 @@ def partition(model: PyTree, *filters: Filter) -> tuple[PyTree, ...]:
     `eqx.partition`: `params, rest = partition(model, ParamState)`.
 
     Each part has the structure of `model`, with `None` where the leaves belong to
-    another part; a state goes to the first filter that selects it; everything that is
-    not a selected state (other states, raw arrays of plain Equinox modules, static
-    fields) goes to the last part. [`eqx_collective.combine`][] (or `eqx.combine`)
-    puts the parts back together. Works on stacked ensembles too.
+    another part; a state goes to the first filter that selects it; everything no
+    filter selects goes to the last part. Every array counts, as in
+    [`eqx_collective.states`][]: a raw floating array of a plain Equinox module (say
+    the weights of an `eqx.nn.Linear` readout) is a `ParamState`, so
+    `partition(model, ParamState)` trains it; the values of an `eqx.nn.State` are
+    `LongTermState`s. [`eqx_collective.combine`][] (or `eqx.combine`) puts the parts
+    back together. Works on stacked ensembles and on `(model, state)` pairs too.
+
+    The views of a part show only what it holds: `states(params)` lists the
+    parameters, not the placeholders `eqx.partition` leaves where the other parts'
+    values were.
 
     **Arguments:**
 
@@ -43,14 +53,10 @@ def partition(model: PyTree, *filters: Filter) -> tuple[PyTree, ...]:
             "`partition` needs at least one filter, e.g. "
             "`partition(model, ParamState)`."
         )
-    preds = [to_predicate(f) for f in filters]
     parts, rest = [], model
-    for pred in preds:
-        spec = jtu.tree_map_with_path(
-            lambda kp, x: is_state(x) and pred(keypath_to_path(kp), x),
-            rest,
-            is_leaf=is_state,
-        )
+    for pred in map(to_predicate, filters):
+        marked = map_states(lambda p, s: _SELECTED if pred(p, s) else s, rest)
+        spec = jtu.tree_map(lambda x: x is _SELECTED, marked)
         selected, rest = eqx.partition(rest, spec)
         parts.append(selected)
     return (*parts, rest)

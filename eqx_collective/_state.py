@@ -42,6 +42,16 @@ class State(eqx.Module):
         ensemble instead of giving it a leading ensemble axis. Usually set for you by
         [`eqx_collective.vmap_init_all_states`][] from its `state_to_exclude` filter.
         [`eqx_collective.NonBatchState`][] is always shared.
+    - `ensemble_shape`: the sizes of the ensemble axes that lead every array of
+        `value`, outermost first: `()` for a single model, `(8,)` in an ensemble of 8,
+        `(4, 8)` in 4 ensembles of 8. Written by the operations that build ensembles
+        ([`eqx_collective.make_ensemble`][], [`eqx_collective.stack`][],
+        [`eqx_collective.vmap_init_all_states`][], [`eqx_collective.as_ensemble`][]),
+        and read by every ensemble operation: an ensemble is never guessed from
+        shapes. A shared state records nothing (it has no ensemble axis).
+    - `ensemble_sharding`: the `jax.sharding.NamedSharding` of the outermost ensemble
+        axis, recorded by [`eqx_collective.shard_ensemble`][], so that every ensemble
+        operation returns its arrays placed the same way, eagerly and under `jit`.
 
     !!! Example
 
@@ -57,6 +67,8 @@ class State(eqx.Module):
     value: PyTree[Any]
     tag: str | None = eqx.field(default=None, static=True, kw_only=True)
     shared: bool = eqx.field(default=False, static=True, kw_only=True)
+    ensemble_shape: tuple[int, ...] = eqx.field(default=(), static=True, kw_only=True)
+    ensemble_sharding: Any = eqx.field(default=None, static=True, kw_only=True)
 
     def __check_init__(self):
         if self.tag is not None and not isinstance(self.tag, str):
@@ -68,6 +80,19 @@ class State(eqx.Module):
             raise TypeError(
                 f"A state's `shared` flag must be a bool, but got {self.shared!r}."
             )
+        shape = self.ensemble_shape
+        if not isinstance(shape, tuple) or not all(
+            type(n) is int and n > 0 for n in shape
+        ):
+            raise TypeError(
+                "A state's `ensemble_shape` must be a tuple of positive `int`s, but got "
+                f"{shape!r}."
+            )
+        if self.shared and shape:
+            raise ValueError(
+                "A shared state has no ensemble axis, so its `ensemble_shape` must be "
+                f"`()`, but got {shape!r}."
+            )
 
     def __pdoc__(self, **kwargs) -> wl.AbstractDoc:
         value = jtu.tree_map(
@@ -78,6 +103,8 @@ class State(eqx.Module):
         fields = [("value", value)]
         fields += [("tag", self.tag)] if self.tag is not None else []
         fields += [("shared", True)] if self.shared else []
+        if self.ensemble_shape:
+            fields += [("ensemble_shape", self.ensemble_shape)]
         return wl.bracketed(
             begin=wl.TextDoc(f"{type(self).__name__}("),
             docs=wl.named_objs(fields, **kwargs),

@@ -5,8 +5,9 @@ from typing import Any
 from jaxtyping import PyTree
 
 from ._filters import Filter, to_predicate
-from ._paths import iter_states, iter_value_leaves, Path
+from ._paths import iter_value_leaves, Path
 from ._state import State
+from ._walk import iter_states
 
 
 def states(model: PyTree, *filters: Filter) -> dict[Path, State]:

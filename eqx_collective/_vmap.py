@@ -11,7 +11,7 @@ from ._collective import _call_all, _check_arguments
 from ._ensemble import check_axis_size, ensemble_size, split_members
 from ._filters import Filter, to_predicate
 from ._module import replace_fields
-from ._paths import map_states
+from ._walk import map_states
 
 
 T = TypeVar("T")

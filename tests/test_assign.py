@@ -24,7 +24,7 @@ class Model(eqx.Module):
     v: ec.HiddenState  # Quantity in mV
     count: ec.LongTermState  # int32
     low: ec.ParamState  # bfloat16
-    mlp: eqx.nn.Linear  # a plain Equinox layer: not a state, never touched
+    mlp: eqx.nn.Linear  # a plain Equinox layer: its raw arrays count as `ParamState`s
 
 
 def make_model(seed: int = 0, n_layers: int = 2) -> Model:
@@ -109,9 +109,12 @@ def test_assign_then_snapshot_gives_back_what_was_assigned(seed, level):
     assert got.keys() == new_values.keys()
     for k in new_values:
         assert same(got[k], new_values[k]), k
-    # the input is untouched, and what is not a state is kept
+    # the input is untouched, and the raw arrays of the plain layer were assigned too
     assert same(ec.state_values(model), ec.state_values(make_model(0)))
-    assert result.model.mlp.weight is model.mlp.weight
+    assert same(result.model.mlp.weight, new_values[("mlp", "weight")])
+    assert type(result.model.mlp.weight) is jax.Array or isinstance(
+        result.model.mlp.weight, jax.Array
+    )
 
 
 @given(data=st.data())
@@ -141,11 +144,9 @@ def test_random_subset_assigns_only_those_and_reports_the_rest(data):
 
 
 @given(data=st.data())
-def test_single_walk_and_general_path_agree(data):
-    # Tuple keys of states and of leaves take a single walk (`_assign_in_one_walk`);
-    # anything it does not handle goes to the general path. Both must agree.
-    from eqx_collective._assign import _assign_general, _assign_in_one_walk
-
+def test_every_key_form_assigns_the_same(data):
+    # One mechanism for every key form: tuple or dotted, state- or leaf-level, NumPy
+    # or JAX values; the same keys in any form give the same model and reports.
     model = make_model(2, n_layers=2)
     by_state, by_leaf = ec.state_values(model), ec.leaf_values(model)
     whole = data.draw(st.sets(st.sampled_from(sorted(by_state, key=str))))
@@ -158,30 +159,24 @@ def test_single_walk_and_general_path_agree(data):
     keys = data.draw(st.lists(st.sampled_from(sorted(snapshot, key=str)), unique=True))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     values = {k: random_like(snapshot[k], rng) for k in keys}
-    as_numpy = data.draw(st.booleans())  # values the single walk converts too
-    if as_numpy:
 
-        def to_numpy(x):
-            if isinstance(x, u.Quantity):
-                return u.Quantity(np.asarray(x.mantissa), unit=x.unit)
-            return np.asarray(x)
+    def to_numpy(x):
+        if isinstance(x, u.Quantity):
+            return u.Quantity(np.asarray(x.mantissa), unit=x.unit)
+        return np.asarray(x)
 
-        values = jax.tree.map(
-            to_numpy, values, is_leaf=lambda y: isinstance(y, u.Quantity)
-        )
-    fast = _assign_in_one_walk(model, (values,))
-    assert fast is not None  # the common cases do take the single walk
-    general = _assign_general(model, (values,))
-    assert same(fast.model, general.model)
-    assert fast.unexpected == general.unexpected == []
-    assert fast.missing == general.missing
-    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(fast.model))
-    # an unexpected key, or a state named at two levels (where the order of the keys
-    # decides), hands everything to the general path
-    assert _assign_in_one_walk(model, ({**values, ("nope",): 1},)) is None
-    path = ("layers", 0, "weight")
-    both = {path: by_state[path], path + ("bias",): by_leaf[path + ("bias",)]}
-    assert _assign_in_one_walk(model, (both,)) is None
+    as_numpy = jax.tree.map(
+        to_numpy, values, is_leaf=lambda y: isinstance(y, u.Quantity)
+    )
+    dotted = {ec.path_str(k): v for k, v in values.items()}
+    results = [ec.assign_state_values(model, v) for v in (values, as_numpy, dotted)]
+    for r in results[1:]:
+        assert same(r.model, results[0].model)
+        assert r.missing == results[0].missing
+    assert all(r.unexpected == [] for r in results)
+    assert all(
+        isinstance(x, jax.Array) for r in results for x in jax.tree.leaves(r.model)
+    )
 
 
 def test_missing_granularity_and_unexpected_order():
@@ -203,6 +198,8 @@ def test_missing_granularity_and_unexpected_order():
         ("v",),
         ("count",),
         ("low",),
+        ("mlp", "weight"),
+        ("mlp", "bias"),
     ]
     model2, unexpected, missing = result  # a named tuple
     assert model2 is result.model and unexpected is result.unexpected
@@ -304,17 +301,22 @@ def test_bad_keys_and_arguments_are_type_errors():
         ec.assign_state_values(model, {}, strict="yes")
 
 
-def test_models_without_states_and_leafless_states():
+def test_plain_equinox_models_and_empty_states():
     mlp = eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(0))
     new, unexpected, missing = ec.assign_state_values(mlp, {"x": 1})
-    assert new is mlp and unexpected == ["x"] and missing == []
+    assert new is mlp and unexpected == ["x"]
+    assert missing == [("layers", i, n) for i in (0, 1) for n in ("weight", "bias")]
+    other = eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(1))
+    restored = ec.assign_state_values(other, ec.leaf_values(mlp), strict=True).model
+    assert same(restored, mlp)
+    with pytest.raises(ValueError, match="'layers.0.weight'.*float32\\[4,2\\]"):
+        ec.assign_state_values(other, {"layers.0.weight": jnp.zeros((2, 4))})
 
+    # a state holding no array (as `eqx.partition` leaves behind) is not a place
     model = Nested(ec.State(None))
-    assert ec.assign_state_values(model, {}).missing == [("s",)]
-    result = ec.assign_state_values(model, {"s": None})
-    assert result.missing == [] and result.model.s.value is None
-    with pytest.raises(ValueError, match="'s'"):
-        ec.assign_state_values(model, {"s": jnp.zeros(1)})
+    assert ec.states(model) == {}
+    assert ec.assign_state_values(model, {}).missing == []
+    assert ec.assign_state_values(model, {"s": None}).unexpected == ["s"]
 
 
 def test_state_subclass_fields_tag_and_shared_are_kept():
@@ -470,7 +472,7 @@ def test_strict_raises_listing_unexpected_and_missing():
         ec.assign_state_values(model, partial, strict=True)
     with pytest.raises(ValueError, match=r"1 unexpected key.*'extra'.*strict=False"):
         ec.assign_state_values(model, snapshot, {"extra": 1}, strict=True)
-    with pytest.raises(ValueError, match="unexpected.*and 6 missing"):
+    with pytest.raises(ValueError, match="unexpected.*and 8 missing"):
         ec.assign_state_values(model, {"extra": 1}, strict=True)
     # without strict the same mismatches are only reported
     result = ec.assign_state_values(model, partial, {"extra": 1})

@@ -26,7 +26,7 @@ def test_module_trees_are_valid_models(tree):
     for path, state in ec.states(tree).items():
         assert isinstance(state, ec.State)
         assert path[-2] == "states"
-    names = [n.name for _, n in ec._paths.iter_nodes(tree)]
+    names = [n.name for _, n in ec._walk.iter_nodes(tree)]
     assert len(names) == len(set(names))
     initialised = ec.init_all_states(tree, key=jax.random.key(0))
     assert jax.tree_util.tree_structure(initialised) == jax.tree_util.tree_structure(

@@ -41,11 +41,15 @@ def test_states_in_declaration_order(model):
         ("blocks", 1, "h"),
         ("blocks", 1, "extra", "z"),
         ("v",),
+        ("mlp", "layers", 0, "weight"),
+        ("mlp", "layers", 0, "bias"),
+        ("mlp", "layers", 1, "weight"),
+        ("mlp", "layers", 1, "bias"),
     ]
 
 
 def test_states_with_filters(model):
-    assert list(ec.states(model, ec.ParamState)) == [
+    assert list(ec.states(model, ec.All(ec.ParamState, ec.PathPrefix("blocks")))) == [
         ("blocks", 0, "w"),
         ("blocks", 1, "w"),
     ]
@@ -77,8 +81,15 @@ def test_leaf_values_go_into_dicts_but_not_quantities(model):
 
 def test_plain_equinox_modules_are_traversed(key):
     mlp = eqx.nn.MLP(3, 2, 8, 2, key=key)
-    assert ec.states(mlp) == {}
-    nodes = [p for p, _ in ec._paths.iter_nodes(mlp)]
+    # every raw array counts: a floating one as a parameter
+    views = ec.states(mlp)
+    assert list(views) == [
+        ("layers", i, n) for i in range(3) for n in ("weight", "bias")
+    ]
+    assert all(type(s) is ec.ParamState for s in views.values())
+    assert views[("layers", 1, "bias")].value is mlp.layers[1].bias
+    assert ec.states(mlp, ec.HiddenState) == {}
+    nodes = [p for p, _ in ec._walk.iter_nodes(mlp)]
     assert nodes == [("layers", 0), ("layers", 1), ("layers", 2), ()]
     assert ec.init_all_states(mlp) is mlp
     assert ec.reset_all_states(mlp, key=key) is mlp

@@ -13,7 +13,8 @@ from jaxtyping import PyTree
 
 from .._ensemble import member
 from .._module import replace_fields
-from .._paths import is_value_leaf, iter_leaves, map_states, path_repr
+from .._paths import is_value_leaf, iter_leaves, path_repr
+from .._walk import map_states
 
 
 def _unshared(tree):
