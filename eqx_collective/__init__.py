@@ -15,13 +15,17 @@ from ._collective import (
     reset_all_states as reset_all_states,
 )
 from ._ensemble import (
+    as_ensemble as as_ensemble,
     ensemble_in_axes as ensemble_in_axes,
+    ensemble_shape as ensemble_shape,
     ensemble_size as ensemble_size,
     member as member,
     shard_ensemble as shard_ensemble,
     split_members as split_members,
     stack as stack,
+    take_members as take_members,
     unstack as unstack,
+    where_members as where_members,
 )
 from ._filters import (
     All as All,

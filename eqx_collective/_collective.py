@@ -3,17 +3,20 @@
 
 import functools
 import inspect
+import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
+import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._filters import Filter, to_predicate
 from ._module import method
 from ._paths import Path, path_hash, path_repr
-from ._walk import iter_nodes, walk
+from ._walk import holds_arrays, walk
 
 
 T = TypeVar("T")
@@ -83,7 +86,7 @@ def _level(node: Any, fn_name: str) -> int | None:
     return getattr(getattr(type(node), fn_name, None), "call_order", None)
 
 
-def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op):
+def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op, key=None):
     if not isinstance(fn_name, str):
         raise TypeError(
             f"`{op}` takes the method name `fn_name` as a string, but got "
@@ -101,6 +104,7 @@ def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op):
             f"`{op}`: pass the random key as `key=...`, not inside `kwargs`; each node "
             "then receives its own key derived from it."
         )
+    check_key(key, op)
     if fn_if_not_exist not in _FN_IF_NOT_EXIST:
         raise ValueError(
             f"`{op}`: `fn_if_not_exist` must be one of 'raise', 'warn', 'pass', but got "
@@ -110,12 +114,54 @@ def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op):
     return args, dict(kwargs)
 
 
-def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list]:
+_INTERNAL = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (sys.modules[__package__], jax, eqx)
+)
+
+
+def warn_at_caller(message: str) -> None:
+    """Warns at the user's line: the first frame outside this package, JAX and Equinox
+    (a public operation may reach here through `eqx.filter_vmap` and JAX's tracing)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def check_key(key: Any, op: str) -> None:
+    """A `TypeError` naming `key` and `op` unless `key` is `None` or a JAX key."""
+    if key is None or isinstance(key, jax.Array):
+        return
+    raise TypeError(
+        f"`{op}` takes `key=` a JAX random key such as `jax.random.key(0)` (or `None`), "
+        f"but got {type(key).__name__} {key!r:.60}."
+    )
+
+
+def _check_whole(path: Path, state: Any, op: str) -> Any:
+    if not holds_arrays(object.__getattribute__(state, "__dict__").get("value")):
+        raise ValueError(
+            f"`{op}`: the state at path {path_repr(path)} holds no array. A part made "
+            "by `partition` has such placeholders where the other part's values are: "
+            "put the parts back together with `combine(*parts)` first. (A state is "
+            "created holding its value: give it an initial array.)"
+        )
+    return state
+
+
+def _plan(target, call: "Call") -> list[list]:
     """The calls to make, as passes of `(path, node)`: the undecorated methods first,
     then one pass per `call_order` level, ascending; each pass in traversal order."""
-    exclude = to_predicate(node_to_exclude)
+    op, fn_name, fn_if_not_exist = call.op, call.fn_name, call.fn_if_not_exist
+    exclude = to_predicate(call.node_to_exclude)
+    nodes = []
+    walk(
+        target,
+        node=lambda path, x: nodes.append((path, x)) or x,
+        state=lambda path, s: _check_whole(path, s, op),
+    )
     undecorated, by_level, missing = [], {}, []
-    for path, node in iter_nodes(target):
+    for path, node in nodes:
         if exclude(path, node):
             continue
         if not hasattr(type(node), fn_name):
@@ -133,7 +179,7 @@ def _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op) -> list[list]:
         )
         if fn_if_not_exist == "raise":
             raise AttributeError(message)
-        warnings.warn(message, stacklevel=4)
+        warn_at_caller(message)
     return [undecorated] + [by_level[k] for k in sorted(by_level)]
 
 
@@ -214,14 +260,32 @@ def call_all_fns(
     bad `fn_if_not_exist`; `AttributeError` for a missing method under `'raise'`. Errors
     raised by a method carry a note naming the node's path.
     """
-    op = "call_all_fns"
-    args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
-    return _call_all(
-        target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op
-    )
+    call = Call.make("call_all_fns", fn_name, args, kwargs, key, node_to_exclude,
+                     fn_if_not_exist)  # fmt: skip
+    return call_all(target, call, key)
 
 
-def _call_all(target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op):
+class Call(NamedTuple):
+    """One collective call, its arguments checked: what every node is called with."""
+
+    op: str  # the public operation, for messages
+    fn_name: str
+    args: tuple
+    kwargs: dict
+    node_to_exclude: Filter
+    fn_if_not_exist: str
+
+    @classmethod
+    def make(cls, op, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist):
+        """Checks the arguments of the public operation `op` (see `call_all_fns`)."""
+        args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op, key)
+        return cls(op, fn_name, args, kwargs, node_to_exclude, fn_if_not_exist)
+
+
+def call_all(target: T, call: Call, key: PRNGKeyArray | None) -> T:
+    """Runs `call` on every node of `target`, pass by pass (see `_plan`)."""
+    op, fn_name, args, kwargs = call.op, call.fn_name, call.args, call.kwargs
+
     def update(path, node):
         result = _invoke(node, path, fn_name, args, kwargs, key, op)
         if type(result) is not type(node):
@@ -235,7 +299,7 @@ def _call_all(target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exi
             )
         return result
 
-    for calls in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op):
+    for calls in _plan(target, call):
         if calls:
             target = _run_pass(target, [path for path, _ in calls], update)
     return target
@@ -266,11 +330,11 @@ def collect_all_fns(
         # {('layers', 0): Array(0.05, dtype=float32), ('layers', 1): ...}
         ```
     """
-    op = "collect_all_fns"
-    args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
+    call = Call.make("collect_all_fns", fn_name, args, kwargs, key, node_to_exclude,
+                     fn_if_not_exist)  # fmt: skip
     return {
-        path: _invoke(node, path, fn_name, args, kwargs, key, op)
-        for calls in _plan(target, fn_name, node_to_exclude, fn_if_not_exist, op)
+        path: _invoke(node, path, fn_name, call.args, call.kwargs, key, call.op)
+        for calls in _plan(target, call)
         for path, node in calls
     }
 
@@ -297,11 +361,9 @@ def init_all_states(
         model = ec.init_all_states(model, batch_size=4, key=jax.random.key(0))
         ```
     """
-    op = "init_all_states"
-    args, kwargs = _check_arguments("init_state", args, kwargs, "pass", op)
-    return _call_all(
-        target, "init_state", args, kwargs, key, node_to_exclude, "pass", op
-    )
+    call = Call.make("init_all_states", "init_state", args, kwargs, key,
+                     node_to_exclude, "pass")  # fmt: skip
+    return call_all(target, call, key)
 
 
 def reset_all_states(
@@ -318,8 +380,6 @@ def reset_all_states(
 
     **Returns:** the reset tree.
     """
-    op = "reset_all_states"
-    args, kwargs = _check_arguments("reset_state", args, kwargs, "pass", op)
-    return _call_all(
-        target, "reset_state", args, kwargs, key, node_to_exclude, "pass", op
-    )
+    call = Call.make("reset_all_states", "reset_state", args, kwargs, key,
+                     node_to_exclude, "pass")  # fmt: skip
+    return call_all(target, call, key)

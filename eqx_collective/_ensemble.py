@@ -1,5 +1,13 @@
-"""Stacked ensembles: splitting, sizing, stacking, indexing and sharding them."""
+"""Stacked ensembles: their recorded axes, and splitting, sizing, stacking, indexing,
+selecting and sharding them.
 
+An ensemble knows it is one: each batched state records the sizes of the ensemble axes
+that lead its arrays (`State.ensemble_shape`), so shapes never decide. A tree without
+any state (plain Equinox modules) has nowhere to hold a record; there the leading axis
+is the ensemble axis, as in Equinox's own recipes.
+"""
+
+import operator
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -7,13 +15,21 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import PyTree
+import numpy as np
+from jaxtyping import ArrayLike, Bool, Int, PyTree
 
+from ._module import replace_fields
 from ._paths import is_state, iter_leaves, path_repr
 from ._state import is_shared, State
+from ._walk import iter_states, map_states
 
 
 T = TypeVar("T")
+
+_BUILD = (
+    "Build ensembles with `make_ensemble`, `stack` or `vmap_init_all_states(model, "
+    "axis_size=...)`, or adopt one built by hand with `as_ensemble(tree, size)`."
+)
 
 
 def _is_shared_state(x: Any) -> bool:
@@ -33,6 +49,326 @@ def split_members(tree: PyTree) -> tuple[PyTree, PyTree]:
     shared state), `rest` the shared states and everything static.
     `eqx.combine(batched, rest)` rebuilds it."""
     return eqx.partition(tree, _batched_spec(tree))
+
+
+def positive_int(value: Any, what: str, op: str) -> int:
+    """`value` as an `int` if it is a positive integer (Python or NumPy, not `bool`).
+
+    **Raises:** `TypeError` for a non-integer, `ValueError` for one below 1."""
+    if isinstance(value, (bool, np.bool_)):
+        value = None
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"`{op}`: `{what}` must be a positive integer, but got "
+            f"{type(value).__name__} {value!r}."
+        ) from None
+    if number < 1:
+        raise ValueError(
+            f"`{op}`: `{what}` must be a positive integer, but got {number}."
+        )
+    return number
+
+
+# ------------------------------------------------------------------- the record
+
+
+def _recorded(tree: PyTree) -> tuple[tuple[int, ...], Any] | None:
+    """`(ensemble_shape, ensemble_sharding)` that the batched states of `tree` record,
+    or `None` if it holds no batched state. Refuses records that disagree."""
+    first = None
+    for path, s in iter_states(tree, views=False):
+        if is_shared(s):
+            continue
+        if first is None:
+            first = (path, s.ensemble_shape, s.ensemble_sharding)
+        elif s.ensemble_shape != first[1]:
+            raise ValueError(
+                f"The state at path {path_repr(first[0])} records ensemble axes "
+                f"{first[1]} but the one at {path_repr(path)} records "
+                f"{s.ensemble_shape}: the tree mixes members of different ensembles. "
+                + _BUILD
+            )
+    return None if first is None else first[1:]
+
+
+def record(tree: T, size: int | None, sharding: Any = None) -> T:
+    """`tree` with an outer ensemble axis of `size` recorded on its batched states
+    (`size=None`: the outermost recorded axis removed instead)."""
+
+    def one(path, s):
+        if is_shared(s):
+            return s
+        shape = s.ensemble_shape[1:] if size is None else (size, *s.ensemble_shape)
+        return replace_fields(s, ensemble_shape=shape, ensemble_sharding=sharding)
+
+    return map_states(one, tree, views=False)
+
+
+def ensemble_shape(tree: PyTree) -> tuple[int, ...]:
+    """The sizes of the ensemble axes of `tree`, outermost first: `()` for a single
+    model, `(8,)` for an ensemble of 8, `(4, 8)` for 4 ensembles of 8 members.
+
+    A tree holding states reads the record its states keep (see
+    [`eqx_collective.State`][]); a tree without any state (plain Equinox modules) has
+    one ensemble axis if all its arrays share a leading size, and none otherwise.
+
+    **Raises:** `ValueError` if the states' records disagree.
+    """
+    found = _recorded(tree)
+    if found is not None:
+        return found[0]
+    if iter_states(tree, views=False):  # only shared states: nothing is batched
+        return ()
+    try:
+        return (_leading_size(split_members(tree)[0]),)
+    except ValueError:
+        return ()
+
+
+def ensemble_size(ensemble: PyTree) -> int:
+    """The number of members of a stacked ensemble (its outermost ensemble axis).
+
+    **Raises:** `ValueError` if `ensemble` is not one: its states record no ensemble
+    axis (shapes never decide, so a single `nn.Linear(4, 4)` is not an ensemble of 4),
+    or, for a tree without states, its arrays do not share a leading size.
+    """
+    return _outer_size(ensemble, "ensemble_size")
+
+
+def _outer_size(tree: PyTree, op: str) -> int:
+    found = _recorded(tree)
+    if found is not None:
+        if not found[0]:
+            raise ValueError(
+                f"`{op}`: this model is not an ensemble: its states record no ensemble "
+                "axis (shapes never decide, so a single model whose arrays happen to "
+                "share a leading size is not taken for one). " + _BUILD
+            )
+        return found[0][0]
+    if iter_states(tree, views=False):
+        raise ValueError(
+            f"`{op}`: this model holds only shared states, so it has no ensemble axis."
+        )
+    return _leading_size(split_members(tree)[0])
+
+
+def _leading_size(batched: PyTree) -> int:
+    """The common leading size of the arrays of a tree without states."""
+    shapes = [(p, jnp.shape(x)) for p, x in iter_leaves(batched)]
+    if not shapes:
+        raise ValueError(
+            "This is not a stacked ensemble: it holds no array outside shared states, "
+            "so it has no ensemble axis. " + _BUILD
+        )
+    p0, s0 = shapes[0]
+    for p, s in shapes:
+        if not s:
+            raise ValueError(
+                f"This is not a stacked ensemble: the array at path {path_repr(p)} is a "
+                "scalar, so it has no leading ensemble axis. " + _BUILD
+            )
+        if s[0] != s0[0]:
+            raise ValueError(
+                f"This is not a stacked ensemble: the array at path {path_repr(p0)} "
+                f"has leading axis {s0[0]} but the one at {path_repr(p)} has {s[0]}. "
+                + _BUILD
+            )
+    return s0[0]
+
+
+def as_ensemble(tree: T, size: int) -> T:
+    """Adopts an ensemble built by hand (for example with `eqx.filter_vmap` over a
+    constructor): checks that every batched array leads with an axis of `size`, and
+    records that axis on its states, so that the ensemble operations take it for one.
+
+    **Arguments:**
+
+    - `tree`: the stacked models.
+    - `size`: the number of members.
+
+    **Returns:** `tree`, its states recording the new outer ensemble axis.
+
+    **Raises:** `ValueError` naming the first array without that leading axis.
+
+    !!! Example
+
+        ```python
+        keys = jax.random.split(jax.random.key(0), 8)
+        cells = eqx.filter_vmap(lambda k: nn.GRUCell(2, 4, key=k))(keys)
+        cells = ec.as_ensemble(cells, 8)
+        ```
+    """
+    size = positive_int(size, "size", "as_ensemble")
+    for path, x in iter_leaves(split_members(tree)[0]):
+        if jnp.ndim(x) == 0 or jnp.shape(x)[0] != size:
+            raise ValueError(
+                f"`as_ensemble`: the array at path {path_repr(path)} has shape "
+                f"{jnp.shape(x)}, so it does not lead with an ensemble axis of {size}. "
+                "Every array outside shared states must."
+            )
+    return record(tree, size)
+
+
+# ------------------------------------------------------------------ members
+
+
+def _index(index: Any, size: int, op: str) -> Any:
+    """A checked member index: an `int` in range, or a traced integer scalar."""
+    if isinstance(index, (bool, np.bool_)) or (
+        isinstance(index, jax.Array) and index.dtype == jnp.bool_
+    ):
+        raise TypeError(
+            f"`{op}` takes an integer index, but got the boolean {index!r}."
+        )
+    if isinstance(index, jax.core.Tracer):
+        if index.ndim != 0 or not jnp.issubdtype(index.dtype, jnp.integer):
+            raise TypeError(
+                f"`{op}` takes an integer scalar index, but got a traced {index.dtype} "
+                f"array of shape {index.shape}."
+            )
+        return index
+    try:
+        number = operator.index(index)
+    except TypeError:
+        raise TypeError(
+            f"`{op}` takes an integer index (Python, NumPy or JAX), but got "
+            f"{type(index).__name__} {index!r:.60}."
+        ) from None
+    if not -size <= number < size:
+        raise IndexError(
+            f"`{op}`: index {number} is out of range for an ensemble of {size} members."
+        )
+    return number % size
+
+
+def member(ensemble: T, index: int | Int[ArrayLike, ""]) -> T:
+    """Member `index` of a stacked ensemble, as a single model (shared states are
+    kept as they are; a nested ensemble gives an ensemble of its inner level).
+    Negative indices count from the end.
+
+    **Arguments:**
+
+    - `ensemble`: a stacked ensemble.
+    - `index`: a Python, NumPy or JAX integer (`np.argmin(losses)` works), or a traced
+        integer scalar under `jax.jit`.
+
+    **Returns:** the member.
+
+    **Raises:** `TypeError` for an index that is not an integer (`True` is not);
+    `IndexError` for one out of range; `ValueError` if `ensemble` is not an ensemble.
+    """
+    index = _index(index, _outer_size(ensemble, "member"), "member")
+    batched, rest = split_members(ensemble)
+    return record(eqx.combine(jtu.tree_map(lambda x: x[index], batched), rest), None)
+
+
+def unstack(ensemble: T) -> list[T]:
+    """The members of a stacked ensemble, as a list of single models (of ensembles
+    of the inner level, for a nested one). The inverse of [`eqx_collective.stack`][].
+
+    **Raises:** `ValueError` if `ensemble` is not an ensemble.
+    """
+    size = _outer_size(ensemble, "unstack")
+    batched, rest = split_members(record(ensemble, None))
+    return [
+        eqx.combine(jtu.tree_map(lambda x: x[i], batched), rest) for i in range(size)
+    ]
+
+
+def stack(models: Sequence[T]) -> T:
+    """Stacks models of one structure into an ensemble: every array gains a leading
+    axis `len(models)`, except those in shared states, which are taken from the first
+    model; the new axis is recorded. Stacking ensembles gives a nested ensemble. The
+    inverse of [`eqx_collective.unstack`][].
+
+    **Raises:** `ValueError` for an empty sequence or models of different structure
+    (naming the first model that differs).
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("`stack` needs at least one model.")
+    parts = [split_members(m) for m in models]
+    batched0, rest0 = parts[0]
+    signature = _signature(batched0, rest0)
+    for i, (b, r) in enumerate(parts[1:], start=1):
+        if _signature(b, r) != signature:
+            raise ValueError(
+                f"`stack`: model {i} does not have the structure, shapes, dtypes and "
+                "ensemble record of model 0; only models of one structure can be "
+                "stacked."
+            )
+    batched = jtu.tree_map(lambda *xs: jnp.stack(xs), *(b for b, _ in parts))
+    return record(eqx.combine(batched, rest0), len(models))
+
+
+def _signature(batched: PyTree, rest: PyTree) -> tuple:
+    leaves, treedef = jtu.tree_flatten(batched)
+    arrays = [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+    return treedef, jtu.tree_structure(rest), arrays
+
+
+def take_members(ensemble: T, indices: Int[ArrayLike, " k"]) -> T:
+    """The ensemble of the members at `indices`, in that order (repeats allowed):
+    `take_members(ens, jnp.argsort(losses)[:4])` keeps the four best. Works under
+    `jax.jit` with traced indices (their number is static).
+
+    **Arguments:**
+
+    - `ensemble`: a stacked ensemble.
+    - `indices`: a 1-D integer array or sequence; negative entries count from the end.
+
+    **Returns:** an ensemble of `len(indices)` members, recorded as such.
+    """
+    size = _outer_size(ensemble, "take_members")
+    indices = jnp.asarray(indices)
+    if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise TypeError(
+            "`take_members` takes a 1-D array of integer indices, but got a "
+            f"{indices.dtype} array of shape {indices.shape}."
+        )
+    if not isinstance(indices, jax.core.Tracer) and indices.size:
+        if int(indices.min()) < -size or int(indices.max()) >= size:
+            raise IndexError(
+                f"`take_members`: indices {np.asarray(indices).tolist()} are out of "
+                f"range for an ensemble of {size} members."
+            )
+    batched, rest = split_members(record(ensemble, None))
+    picked = jtu.tree_map(lambda x: x[indices], batched)
+    return _keep(record(eqx.combine(picked, rest), len(indices)), ensemble)
+
+
+def where_members(mask: Bool[ArrayLike, " members"], on_true: T, on_false: T) -> T:
+    """Chooses member by member between two ensembles of one structure: member `i` of
+    the result is member `i` of `on_true` where `mask[i]`, else of `on_false`.
+    Jittable; shared states are taken from `on_true`. For example, keep the members
+    whose new loss improved: `where_members(new_loss < loss, new, old)`.
+
+    **Raises:** `ValueError` if the two are not ensembles of one structure and size, or
+    `mask` is not a boolean vector of that size.
+    """
+    size = _outer_size(on_true, "where_members")
+    mask = jnp.asarray(mask)
+    if mask.shape != (size,) or mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"`where_members` takes a boolean mask of shape ({size},), one entry per "
+            f"member, but got a {mask.dtype} array of shape {mask.shape}."
+        )
+    (b_true, rest), (b_false, rest_false) = map(split_members, (on_true, on_false))
+    if _signature(b_true, rest) != _signature(b_false, rest_false):
+        raise ValueError(
+            "`where_members`: `on_true` and `on_false` must be ensembles of one "
+            "structure, shapes, dtypes and ensemble record."
+        )
+
+    def choose(a, b):
+        return jnp.where(mask.reshape((size,) + (1,) * (a.ndim - 1)), a, b)
+
+    return eqx.combine(jtu.tree_map(choose, b_true, b_false), rest)
+
+
+# ----------------------------------------------------------------- sharding
 
 
 def ensemble_in_axes(ensemble: PyTree) -> PyTree:
@@ -58,6 +394,7 @@ def ensemble_in_axes(ensemble: PyTree) -> PyTree:
         y = forward(policies, x)  # one output per member
         ```
     """
+    _outer_size(ensemble, "ensemble_in_axes")
     return jtu.tree_map(
         lambda x: None if _is_shared_state(x) else eqx.if_array(0),
         ensemble,
@@ -65,110 +402,35 @@ def ensemble_in_axes(ensemble: PyTree) -> PyTree:
     )
 
 
-def ensemble_size(ensemble: PyTree) -> int:
-    """The number of members of a stacked ensemble: the common leading axis of every
-    array outside its shared states.
+def place(tree: T, sharding: Any) -> T:
+    """`tree` with its batched arrays placed by `sharding` (a no-op for `None`):
+    `jax.device_put` eagerly, `jax.lax.with_sharding_constraint` under tracing."""
+    if sharding is None:
+        return tree
 
-    **Raises:** `ValueError` if `ensemble` has no such array or their leading axes
-    differ (it is then not a stacked ensemble).
-    """
-    return _members_size(split_members(ensemble)[0])
+    def one(x):
+        if isinstance(x, jax.core.Tracer):
+            return jax.lax.with_sharding_constraint(x, sharding)
+        return jax.device_put(x, sharding)
 
-
-def _members_size(batched: PyTree) -> int:
-    """`ensemble_size` of an ensemble already split by `split_members`."""
-    shapes = [(p, jnp.shape(x)) for p, x in iter_leaves(batched)]
-    if not shapes:
-        raise ValueError(
-            "This is not a stacked ensemble: it holds no array outside shared states, so "
-            "it has no ensemble axis. Build ensembles with `vmap_init_all_states(model, "
-            "axis_size=...)`, `make_ensemble` or `stack`."
-        )
-    scalar = next(((p, s) for p, s in shapes if not s), None)
-    if scalar is not None:
-        raise ValueError(
-            f"This is not a stacked ensemble: the array at path {path_repr(scalar[0])} "
-            "is a scalar, so it has no leading ensemble axis. Build ensembles with "
-            "`vmap_init_all_states(model, axis_size=...)`, `make_ensemble` or `stack`."
-        )
-    (p0, s0), *others = shapes
-    for p, s in others:
-        if s[0] != s0[0]:
-            raise ValueError(
-                f"This is not a stacked ensemble: the array at path {path_repr(p0)} has "
-                f"leading axis {s0[0]} but the one at {path_repr(p)} has {s[0]}. In an "
-                "ensemble every array outside shared states carries the same leading "
-                "axis. Build ensembles with `vmap_init_all_states(model, "
-                "axis_size=...)`, `make_ensemble` or `stack`."
-            )
-    return s0[0]
+    batched, rest = split_members(tree)
+    return eqx.combine(jtu.tree_map(one, batched), rest)
 
 
-def check_axis_size(axis_size: Any, *, op: str) -> int:
-    if not isinstance(axis_size, int) or isinstance(axis_size, bool) or axis_size <= 0:
-        raise ValueError(
-            f"`{op}`: `axis_size` must be a positive integer, but got {axis_size!r}."
-        )
-    return axis_size
-
-
-def member(ensemble: T, index: int) -> T:
-    """Member `index` of a stacked ensemble, as a single model (shared states are
-    kept as they are). Negative indices count from the end.
-
-    **Raises:** `IndexError` for an index out of range, `ValueError` if `ensemble` is
-    not a stacked ensemble.
-    """
-    batched, rest = split_members(ensemble)
-    size = _members_size(batched)
-    if not isinstance(index, int) or not -size <= index < size:
-        raise IndexError(
-            f"`member`: index {index!r} is out of range for an ensemble of {size} "
-            "members."
-        )
-    return eqx.combine(jtu.tree_map(lambda x: x[index], batched), rest)
-
-
-def unstack(ensemble: T) -> list[T]:
-    """The members of a stacked ensemble, as a list of single models.
-
-    **Raises:** `ValueError` if `ensemble` is not a stacked ensemble (its arrays do not
-    share a leading axis).
-    """
-    batched, rest = split_members(ensemble)
-    size = _members_size(batched)
-    return [
-        eqx.combine(jtu.tree_map(lambda x: x[i], batched), rest) for i in range(size)
-    ]
-
-
-def stack(models: Sequence[T]) -> T:
-    """Stacks models of one structure into an ensemble: every array gains a leading
-    axis `len(models)`, except those in shared states, which are taken from the first
-    model. The inverse of [`eqx_collective.unstack`][].
-
-    **Raises:** `ValueError` for an empty sequence or models of different structure
-    (naming the first model that differs).
-    """
-    models = list(models)
-    if not models:
-        raise ValueError("`stack` needs at least one model.")
-    parts = [split_members(m) for m in models]
-    batched0, rest0 = parts[0]
-    for i, (b, r) in enumerate(parts[1:], start=1):
-        same = jtu.tree_structure(b) == jtu.tree_structure(batched0)
-        same = same and jtu.tree_structure(r) == jtu.tree_structure(rest0)
-        shapes = [(jnp.shape(x), jnp.result_type(x)) for x in jtu.tree_leaves(b)]
-        shapes0 = [
-            (jnp.shape(x), jnp.result_type(x)) for x in jtu.tree_leaves(batched0)
-        ]
-        if not same or shapes != shapes0:
-            raise ValueError(
-                f"`stack`: model {i} does not have the structure, shapes and dtypes of "
-                "model 0; only models of one structure can be stacked."
-            )
-    batched = jtu.tree_map(lambda *xs: jnp.stack(xs), *(b for b, _ in parts))
-    return eqx.combine(batched, rest0)
+def _keep(new: T, old: PyTree) -> T:
+    """`new` placed and recorded with the sharding that `old` records."""
+    found = _recorded(old)
+    sharding = None if found is None else found[1]
+    if sharding is None:
+        return new
+    new = map_states(
+        lambda p, s: (
+            s if is_shared(s) else replace_fields(s, ensemble_sharding=sharding)
+        ),
+        new,
+        views=False,
+    )
+    return place(new, sharding)
 
 
 def shard_ensemble(
@@ -179,8 +441,12 @@ def shard_ensemble(
 ) -> T:
     """Places the ensemble axis across devices with `jax.sharding`: every batched array
     is split along its leading axis over the mesh axis `axis_name`; shared states are
-    replicated on every device. Computations on the result (`eqx.filter_vmap` under
-    `eqx.filter_jit`) then run each device's members there.
+    replicated on every device. The placement is recorded on the states, so every
+    ensemble operation ([`eqx_collective.vmap_reset_all_states`][] and the other vmap
+    variants, [`eqx_collective.assign_state_values`][], `load_states`,
+    [`eqx_collective.take_members`][]) returns its arrays placed the same way, eagerly
+    and under `jit`. Computations on the result (`eqx.filter_vmap` under
+    `eqx.filter_jit`) run each device's members there.
 
     **Arguments:**
 
@@ -211,8 +477,7 @@ def shard_ensemble(
             f"`shard_ensemble`: the mesh has axes {tuple(mesh.shape)}, not "
             f"{axis_name!r}. Pass `axis_name=` naming the mesh axis to shard over."
         )
-    batched, rest = split_members(ensemble)
-    size, devices = _members_size(batched), mesh.shape[axis_name]
+    size, devices = _outer_size(ensemble, "shard_ensemble"), mesh.shape[axis_name]
     if size % devices:
         raise ValueError(
             f"`shard_ensemble`: an ensemble of {size} members cannot be split evenly "
@@ -222,8 +487,13 @@ def shard_ensemble(
     P = jax.sharding.PartitionSpec
     split = jax.sharding.NamedSharding(mesh, P(axis_name))
     replicated = jax.sharding.NamedSharding(mesh, P())
-    batched = jtu.tree_map(lambda x: jax.device_put(x, split), batched)
+    batched, rest = split_members(ensemble)
     rest = jtu.tree_map(
         lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, rest
     )
-    return eqx.combine(batched, rest)
+    marked = map_states(
+        lambda p, s: s if is_shared(s) else replace_fields(s, ensemble_sharding=split),
+        eqx.combine(batched, rest),
+        views=False,
+    )
+    return place(marked, split)

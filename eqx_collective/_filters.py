@@ -4,6 +4,9 @@ import typing
 from collections.abc import Callable
 from typing import TypeAlias
 
+import equinox as eqx
+from equinox import is_array
+
 from ._paths import as_path, Path
 
 
@@ -121,6 +124,13 @@ def to_predicate(filter: Filter) -> Predicate:
         return lambda path, obj: getattr(obj, "tag", None) == filter
     if isinstance(filter, (tuple, list)):
         return Any(*filter)
+    if isinstance(filter, (eqx.Module, dict)) or is_array(filter):
+        raise TypeError(
+            f"A filter is a type, a tag string, a callable `(path, obj) -> bool` or a "
+            f"combinator, but got a {type(filter).__name__}, which looks like a model "
+            "or a snapshot. The model comes first: `states(model, *filters)`, "
+            "`partition(model, *filters)`."
+        )
     if callable(filter):
         return filter
     raise TypeError(

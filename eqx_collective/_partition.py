@@ -10,7 +10,9 @@ from ._filters import Filter, to_predicate
 from ._walk import map_states
 
 
-_SELECTED = object()  # marks what a filter selects, in the spec given to `eqx.partition`
+_SELECTED = (
+    object()
+)  # marks what a filter selects, in the spec given to `eqx.partition`
 
 
 def partition(model: PyTree, *filters: Filter) -> tuple[PyTree, ...]:

@@ -5,7 +5,7 @@ from typing import Any
 from jaxtyping import PyTree
 
 from ._filters import Filter, to_predicate
-from ._paths import iter_value_leaves, Path
+from ._paths import iter_value_leaves, Path, path_str
 from ._state import State
 from ._walk import iter_states
 
@@ -31,8 +31,30 @@ def states(model: PyTree, *filters: Filter) -> dict[Path, State]:
         hidden = ec.states(model, ec.HiddenState, "rnn")  # hidden states or tag 'rnn'
         ```
     """
+    if isinstance(model, type):
+        raise TypeError(
+            f"`states(model, *filters)` takes the model first, but got the type "
+            f"{model.__name__}: pass the model, then the filters."
+        )
     pred = to_predicate(filters if filters else True)
-    return {p: s for p, s in iter_states(model) if pred(p, s)}
+    found = iter_states(model)
+    selected = {p: s for p, s in found if pred(p, s)}
+    if not selected:
+        _check_tag_filters(filters, found)
+    return selected
+
+
+def _check_tag_filters(filters: tuple, found: list) -> None:
+    """A tag filter that names a path instead is a mix-up worth an error: string
+    filters select tags, and paths go through `PathPrefix`."""
+    paths = {path_str(p[:i]) for p, _ in found for i in range(1, len(p) + 1)}
+    for f in filters:
+        if isinstance(f, str) and f in paths:
+            raise ValueError(
+                f"The filter {f!r} is a tag filter (a string selects the states whose "
+                f"`tag` equals it), and no state has that tag; but {f!r} is a path of "
+                f"the model. To select by path, use `PathPrefix({f!r})`."
+            )
 
 
 def state_values(model: PyTree, *filters: Filter) -> dict[Path, PyTree]:

@@ -1,16 +1,25 @@
 """The vmap variants: collective operations run per member of a stacked ensemble."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ._collective import _call_all, _check_arguments
-from ._ensemble import check_axis_size, ensemble_size, split_members
+from ._collective import Call, call_all, check_key
+from ._ensemble import (
+    _outer_size,
+    _recorded,
+    as_ensemble,
+    place,
+    positive_int,
+    record,
+    split_members,
+)
 from ._filters import Filter, to_predicate
 from ._module import replace_fields
+from ._paths import path_repr
 from ._walk import map_states
 
 
@@ -21,51 +30,98 @@ def _member_keys(key, axis_size):
     return None if key is None else jax.random.split(key, axis_size)
 
 
-def _vmap_members(fn, batched, rest, keys, axis_size, state_to_exclude, op):
-    """Runs `fn(member, member_key)` for every member with `eqx.filter_vmap`.
+class _Level(NamedTuple):
+    """One ensemble level to run a function over: its size, whether the members start
+    from one model (`broadcast`, when a new level is made) or from the members of an
+    ensemble, and the filter of states to share between them."""
 
-    `batched` carries the ensemble axis (or is `None` for a single model, which every
-    member then starts from). In the result, states selected by `state_to_exclude` are
-    marked shared; shared states must come out the same for every member and keep no
-    ensemble axis, everything else gains it (arrays the members did not change are
-    broadcast: every parameter ends up with the leading axis).
+    size: int
+    broadcast: bool
+    state_to_exclude: Filter
+    op: str
+
+
+def _over_members(fn, model, key, level: _Level):
+    """Runs `fn(member, member_key)` for every member with `eqx.filter_vmap`, and
+    records the level on the result.
+
+    In the result, states selected by `state_to_exclude` are marked shared; shared
+    states must come out the same for every member and keep no ensemble axis,
+    everything else gains it (arrays the members did not change are broadcast: every
+    parameter ends up with the leading axis). The placement the ensemble records is
+    kept.
     """
-    exclude = to_predicate(state_to_exclude)
+    exclude = to_predicate(level.state_to_exclude)
 
     def mark_shared(path, state):
         if exclude(path, state) and not state.shared:
+            if state.ensemble_shape:
+                raise ValueError(
+                    f"`{level.op}`: the state at path {path_repr(path)} carries the "
+                    f"ensemble axes {state.ensemble_shape} of an inner ensemble, so it "
+                    "cannot be shared between the members of the outer one."
+                )
             return replace_fields(state, shared=True)
         return state
 
-    def per_member(batched, key):
-        out = fn(eqx.combine(batched, rest), key)
-        return split_members(map_states(mark_shared, out))
+    sharding = None
+    if level.broadcast:
+        batched, rest = None, model
+    else:
+        sharding = (_recorded(model) or ((), None))[1]
+        batched, rest = split_members(record(model, None))
 
+    def per_member(batched, key):
+        member = rest if batched is None else eqx.combine(batched, rest)
+        return split_members(map_states(mark_shared, fn(member, key), views=False))
+
+    keys = _member_keys(key, level.size)
     in_axes = (None if batched is None else 0, None if keys is None else 0)
     try:
         out = eqx.filter_vmap(
-            per_member, in_axes=in_axes, out_axes=(0, None), axis_size=axis_size
+            per_member, in_axes=in_axes, out_axes=(0, None), axis_size=level.size
         )(batched, keys)
     except ValueError as e:
         if "out_axes" not in str(e):
             raise
         raise ValueError(
-            f"`{op}`: a shared state (marked by `state_to_exclude`, or a "
+            f"`{level.op}`: a shared state (marked by `state_to_exclude`, or a "
             "`NonBatchState`) was given a different value for each member. Shared "
             "states are one copy for the whole ensemble, so they must not depend on the "
             f"member's key or batched values. JAX reports: {e}"
         ) from None
-    return eqx.combine(*out)
+    return place(record(eqx.combine(*out), level.size, sharding), sharding)
 
 
-def _ensemble_axis_size(target, axis_size, op):
-    size = ensemble_size(target)
-    if axis_size is not None and check_axis_size(axis_size, op=op) != size:
+def _run(model, call: Call, key, state_to_exclude):
+    """`call` on every single model of `model`: directly on a single model, else
+    member by member, level by level, as the ensemble's record says."""
+    shape = (_recorded(model) or ((), None))[0]
+    if not shape:
+        return call_all(model, call, key)
+    level = _Level(shape[0], False, state_to_exclude, call.op)
+    return _over_members(
+        lambda m, k: _run(m, call, k, state_to_exclude), model, key, level
+    )
+
+
+def _on_ensemble(target, call: Call, key, axis_size, state_to_exclude):
+    """`call` on every member of the ensemble `target`, which its record names; a tree
+    with states but no record is adopted with `axis_size`, a tree without states has
+    its leading axis as the ensemble axis."""
+    found = _recorded(target)
+    if found is not None and not found[0] and axis_size is not None:
+        target = as_ensemble(target, axis_size)
+    size = _outer_size(target, call.op)
+    if axis_size is not None and positive_int(axis_size, "axis_size", call.op) != size:
         raise ValueError(
-            f"`{op}`: `axis_size={axis_size}` conflicts with the ensemble, whose "
+            f"`{call.op}`: `axis_size={axis_size}` conflicts with the ensemble, whose "
             f"members number {size}. Leave `axis_size` out to use the ensemble's own."
         )
-    return size
+    level = _Level(size, False, state_to_exclude, call.op)
+    if found is None:  # no states: the leading axis is the only level
+        return _over_members(lambda m, k: call_all(m, call, k), target, key, level)
+    return _run(target, call, key, state_to_exclude)
 
 
 def vmap_call_all_fns(
@@ -100,37 +156,9 @@ def vmap_call_all_fns(
     **Raises:** `ValueError` if `target` is not a stacked ensemble or `axis_size`
     conflicts with it; otherwise as [`eqx_collective.call_all_fns`][].
     """
-    op = "vmap_call_all_fns"
-    args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op)
-    size = _ensemble_axis_size(target, axis_size, op)
-    return _vmap_op(
-        target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op, size,
-        state_to_exclude, stacked=True,
-    )  # fmt: skip
-
-
-def _vmap_op(
-    target, fn_name, args, kwargs, key, node_to_exclude, fn_if_not_exist, op, size,
-    state_to_exclude, *, stacked,
-):  # fmt: skip
-    def fn(model, member_key):
-        return _call_all(
-            model,
-            fn_name,
-            args,
-            kwargs,
-            member_key,
-            node_to_exclude,
-            fn_if_not_exist,
-            op,
-        )
-
-    if stacked:
-        batched, rest = split_members(target)
-    else:
-        batched, rest = None, target
-    keys = _member_keys(key, size)
-    return _vmap_members(fn, batched, rest, keys, size, state_to_exclude, op)
+    call = Call.make("vmap_call_all_fns", fn_name, args, kwargs, key,
+                     node_to_exclude, fn_if_not_exist)  # fmt: skip
+    return _on_ensemble(target, call, key, axis_size, state_to_exclude)
 
 
 def vmap_init_all_states(
@@ -179,16 +207,15 @@ def vmap_init_all_states(
         policies.layers[0].weight.value["weight"].shape  # (8, 4, 64)
         ```
     """
-    op = "vmap_init_all_states"
-    args, kwargs = _check_arguments("init_state", args, kwargs, "pass", op)
+    call = Call.make("vmap_init_all_states", "init_state", args, kwargs, key,
+                     node_to_exclude, "pass")  # fmt: skip
     if axis_size is None:
-        size, stacked = _ensemble_axis_size(target, None, op), True
-    else:
-        size, stacked = check_axis_size(axis_size, op=op), False
-    return _vmap_op(
-        target, "init_state", args, kwargs, key, node_to_exclude, "pass", op, size,
-        state_to_exclude, stacked=stacked,
-    )  # fmt: skip
+        return _on_ensemble(target, call, key, None, state_to_exclude)
+    size = positive_int(axis_size, "axis_size", call.op)
+    level = _Level(size, True, state_to_exclude, call.op)
+    return _over_members(
+        lambda m, k: _run(m, call, k, state_to_exclude), target, key, level
+    )
 
 
 def vmap_reset_all_states(
@@ -214,13 +241,9 @@ def vmap_reset_all_states(
         rnns = ec.vmap_reset_all_states(rnns)  # h keeps its shape (E, ...)
         ```
     """
-    op = "vmap_reset_all_states"
-    args, kwargs = _check_arguments("reset_state", args, kwargs, "pass", op)
-    size = _ensemble_axis_size(target, axis_size, op)
-    return _vmap_op(
-        target, "reset_state", args, kwargs, key, node_to_exclude, "pass", op, size,
-        state_to_exclude, stacked=True,
-    )  # fmt: skip
+    call = Call.make("vmap_reset_all_states", "reset_state", args, kwargs, key,
+                     node_to_exclude, "pass")  # fmt: skip
+    return _on_ensemble(target, call, key, axis_size, state_to_exclude)
 
 
 def make_ensemble(
@@ -239,8 +262,11 @@ def make_ensemble(
 
     **Returns:** the stacked ensemble.
     """
-    size = check_axis_size(size, op="make_ensemble")
-    keys = jax.random.split(key, size)
-    return _vmap_members(
-        lambda _, k: factory(k), None, None, keys, size, None, "make_ensemble"
-    )
+    size = positive_int(size, "size", "make_ensemble")
+    check_key(key, "make_ensemble")
+    if key is None:
+        raise TypeError(
+            "`make_ensemble` needs `key`, from which each member's derives."
+        )
+    level = _Level(size, True, None, "make_ensemble")
+    return _over_members(lambda _, k: factory(k), None, key, level)

@@ -450,7 +450,8 @@ def test_valina_rnn_cell_spelling_is_kept_with_an_alias():
 
 def test_plain_equinox_modules_work(key):
     mlp = eqx.nn.MLP(2, 2, 4, 1, key=key)
-    assert ec.init_all_states(mlp) is not None and ec.states(mlp) == {}
+    assert ec.init_all_states(mlp) is mlp and ec.states(mlp, ec.HiddenState) == {}
+    assert len(ec.states(mlp, ec.ParamState)) == 4  # its raw arrays are parameters
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ens = ec.vmap_init_all_states(mlp, axis_size=2, key=key)

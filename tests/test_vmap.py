@@ -1,6 +1,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from helpers import assert_jit_matches_eager, assert_member_matches, assert_pure
 from hypothesis import given, settings, strategies as st
@@ -200,10 +201,26 @@ def test_tutorial_rnn_lifecycle(key):
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "3"])
-def test_bad_axis_size(with_stats, key, bad):
-    with pytest.raises(ValueError, match="positive integer"):
+@pytest.mark.parametrize(
+    "bad, error",
+    [(0, ValueError), (-2, ValueError), (2.5, TypeError), (True, TypeError),
+     ("3", TypeError), (np.bool_(True), TypeError)],
+)  # fmt: skip
+def test_bad_axis_size(with_stats, key, bad, error):
+    with pytest.raises(error, match="positive integer"):
         ec.vmap_init_all_states(with_stats, axis_size=bad, key=key)
+
+
+def test_numpy_and_jax_integer_sizes(with_stats, key):
+    for size in (np.int64(3), np.int32(3), jnp.asarray(3)):
+        ens = ec.vmap_init_all_states(with_stats, axis_size=size, key=key)
+        assert ec.ensemble_shape(ens) == (3,) and type(ec.ensemble_size(ens)) is int
+    assert (
+        ec.ensemble_size(
+            ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), key, np.int64(2))
+        )
+        == 2
+    )
 
 
 def test_axis_size_conflicting_with_the_ensemble(with_stats, key):
@@ -220,7 +237,7 @@ def test_axis_size_conflicting_with_the_ensemble(with_stats, key):
 
 def test_vmap_reset_needs_an_ensemble(key):
     single = ec.init_all_states(ec.nn.ValinaRNNCell(4, 8, key=key))
-    with pytest.raises(ValueError, match="not a stacked ensemble"):
+    with pytest.raises(ValueError, match="not an ensemble"):
         ec.vmap_reset_all_states(single)
 
 
