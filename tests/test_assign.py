@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
+from eqx_collective.testing import stateful_pairs
 
 
 # ------------------------------------------------------------------- test models
@@ -617,3 +618,19 @@ def test_snapshot_strategy_complete_partial_and_wrong(data):
             ValueError, match=ec.path_str(wrong.wrong).replace(".", r"\.")
         ):
             ec.assign_state_values(model, wrong.values)
+
+
+@given(stateful_pairs(), st.integers(0, 2**31), st.sampled_from(["state", "leaf"]))
+def test_mixed_trees_round_trip_through_snapshots(pair, seed, level):
+    # our states, raw arrays and `eqx.nn.State` values, each restored by its path
+    source = ec.state_values if level == "state" else ec.leaf_values
+    rng = np.random.default_rng(seed)
+    values = {k: random_like(v, rng) for k, v in source(pair).items()}
+    new, unexpected, missing = ec.assign_state_values(pair, values, strict=True)
+    assert unexpected == [] and missing == []
+    assert jax.tree.structure(new) == jax.tree.structure(pair)
+    got = source(new)
+    for k, v in values.items():
+        assert same(got[k], v), k
+    back = ec.assign_state_values(new, source(pair), strict=True).model
+    assert same(back, pair)

@@ -1,12 +1,13 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from helpers import assert_trees_equal
-from hypothesis import given
+from hypothesis import given, strategies as st
 
 import eqx_collective as ec
-from eqx_collective.testing import ensembles, module_trees
+from eqx_collective.testing import ensembles, module_trees, stateful_pairs
 
 
 @given(module_trees())
@@ -72,3 +73,75 @@ def test_partition_under_jit(key):
         out = f(model)
     assert jnp.array_equal(out["p"].value, jnp.full(2, 2.0))
     assert jnp.array_equal(out["h"].value, jnp.zeros(2))
+
+
+@given(stateful_pairs(), st.sampled_from(["params", "hidden", "long"]))
+def test_parts_of_mixed_trees_show_what_they_hold(pair, which):
+    # our states, raw arrays and `eqx.nn.State` values alike
+    filters = {
+        "params": (ec.ParamState,),
+        "hidden": (ec.ShortTermState, ec.ParamState),
+        "long": (ec.Not(ec.ParamState),),
+    }[which]
+    parts = ec.partition(pair, *filters)
+    assert_trees_equal(ec.combine(*parts), pair)
+    taken = set()
+    for part, f in zip(parts, filters, strict=False):
+        expected = {p: v for p, v in ec.leaf_values(pair, f).items() if p not in taken}
+        assert ec.leaf_values(part).keys() == expected.keys()
+        assert_trees_equal(ec.leaf_values(part), expected)
+        taken |= expected.keys()
+    rest = ec.leaf_values(parts[-1])
+    assert rest.keys() == ec.leaf_values(pair).keys() - taken
+    # restoring into a part reports truthfully: a snapshot of the part restores
+    # strictly; the whole model's snapshot adds only the other parts' keys
+    for part in parts:
+        snap = ec.leaf_values(part)
+        assert_trees_equal(ec.assign_state_values(part, snap, strict=True).model, part)
+        result = ec.assign_state_values(part, ec.leaf_values(pair))
+        assert result.missing == []
+        assert set(result.unexpected) == ec.leaf_values(pair).keys() - snap.keys()
+
+
+def test_a_stock_equinox_readout_is_trained(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    net = (
+        ec.init_all_states(ec.nn.GRUCell(3, 8, key=k1), batch_size=4),
+        eqx.nn.Linear(8, 2, key=k2),
+    )
+    params, rest = ec.partition(net, ec.ParamState)
+    assert ("1", "weight") not in ec.leaf_values(rest)
+    assert {(1, "weight"), (1, "bias")} <= ec.leaf_values(params).keys()
+    opt = optax.sgd(
+        1e-1, momentum=0.9
+    )  # adam counts in int32, which strict promotion refuses
+    state = opt.init(params)
+    x, y = jax.random.normal(k3, (4, 3)), jnp.ones((4, 2))
+
+    @eqx.filter_jit
+    def step(params, state):
+        def loss(params):
+            cell, readout = ec.combine(params, rest)
+            h, _ = cell(x)
+            return jnp.mean((jax.vmap(readout)(h) - y) ** 2)
+
+        grads = eqx.filter_grad(loss)(params)
+        updates, state = opt.update(grads, state)
+        return eqx.apply_updates(params, updates), state
+
+    new = params
+    for _ in range(3):
+        new, state = step(new, state)
+    before, after = ec.leaf_values(params), ec.leaf_values(new)
+    float_paths = [p for p, v in before.items() if jnp.issubdtype(v.dtype, jnp.inexact)]
+    assert float_paths and len(float_paths) == len(before)
+    for p in float_paths:
+        assert not jnp.array_equal(before[p], after[p]), p
+
+
+def test_collective_operations_on_a_part_say_to_combine_first(key):
+    rnn = ec.init_all_states(ec.nn.ValinaRNNCell(3, 4, key=key), batch_size=2)
+    params, rest = ec.partition(rnn, ec.ParamState)
+    for op in (ec.reset_all_states, ec.init_all_states):
+        with pytest.raises(ValueError, match="`combine\\(\\*parts\\)` first"):
+            op(params)

@@ -3,8 +3,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
+from hypothesis import given
 
 import eqx_collective as ec
+from eqx_collective.testing import stateful_pairs
 
 
 class Block(eqx.Module):
@@ -112,3 +114,35 @@ def test_views_work_under_jit(model):
     with jax.checking_leaks():
         leaves = f(model)
     assert set(leaves) == set(ec.leaf_values(model))
+
+
+@given(stateful_pairs())
+def test_every_array_of_a_mixed_tree_is_in_the_state_view(pair):
+    # our states, raw arrays and `eqx.nn.State` values: each array leaf is in
+    # `leaf_values` exactly once (the `StateIndex` inits were deleted, as Equinox does)
+    leaves = ec.leaf_values(pair)
+    arrays = jax.tree_util.tree_leaves(eqx.filter(pair, eqx.is_array))
+    assert len(leaves) == len(arrays)
+    assert {id(x) for x in leaves.values() if not isinstance(x, u.Quantity)} <= {
+        id(x) for x in arrays
+    }
+    kinds = ec.states(pair)
+    for path, state in kinds.items():
+        if path[0] == 1:  # the values of the `eqx.nn.State`, at their index's path
+            assert type(state) is ec.LongTermState and path[-1] == "index"
+        elif path[-2:-1] == ("raw",):
+            inexact = jnp.issubdtype(state.value.dtype, jnp.inexact)
+            assert type(state) is (ec.ParamState if inexact else ec.LongTermState)
+
+
+def test_eqx_nn_state_values_have_the_path_of_their_index(key):
+    model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
+    net = {"net": [eqx.nn.Linear(3, 3, key=key), model], "state": state}
+    paths = list(ec.leaf_values(net, ec.Not(ec.ParamState)))
+    assert paths == [
+        ("state", 1, "batch_counter"),
+        ("state", 1, "batch_state_index", 0),
+        ("state", 1, "batch_state_index", 1),
+    ]
+    with pytest.raises(ValueError, match="not in the same tree.*\\(model, state\\)"):
+        ec.leaf_values(state)

@@ -14,5 +14,6 @@ from ._strategies import (
     record_calls as record_calls,
     Snapshot as Snapshot,
     snapshots as snapshots,
+    stateful_pairs as stateful_pairs,
     TreeNode as TreeNode,
 )

@@ -19,7 +19,9 @@ from .._walk import map_states
 
 def _unshared(tree):
     return map_states(
-        lambda p, s: replace_fields(s, shared=False) if s.shared else s, tree
+        lambda p, s: replace_fields(s, shared=False) if s.shared else s,
+        tree,
+        views=False,
     )
 
 

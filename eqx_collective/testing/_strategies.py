@@ -45,7 +45,8 @@ def record_calls() -> Iterator[list[tuple[str, str]]]:
 
 class TreeNode(eqx.Module):
     """A node of a random module tree (see [`eqx_collective.testing.module_trees`][]):
-    child nodes in `children`, states in `states`, a unique static `name`.
+    child nodes in `children`, states in `states`, a unique static `name`, and raw
+    arrays (as a plain Equinox module holds them) and `eqx.nn.StateIndex`es in `raw`.
 
     Subclasses made by the strategy define `init_state(*, key)` (fresh random values
     for its short-term states), `reset_state()` (zeros for them), either, both or
@@ -55,6 +56,7 @@ class TreeNode(eqx.Module):
     children: tuple
     states: dict
     name: str = eqx.field(static=True)
+    raw: dict = eqx.field(default_factory=dict)
 
 
 def _short_term(node, fill):
@@ -147,6 +149,7 @@ def module_trees(
     levels: tuple[int, ...] = (0, 1, 2),
     units: bool = True,
     dicts: bool = True,
+    raw_arrays: bool = False,
 ) -> TreeNode:
     """A random tree of [`eqx_collective.testing.TreeNode`][]s holding states.
 
@@ -159,6 +162,8 @@ def module_trees(
     - `levels`: the `call_order` levels to draw from; each node's `init_state` and
         `reset_state` are independently absent, undecorated, or at one of these levels.
     - `units`, `dicts`: whether to draw unit-carrying and dict-valued states.
+    - `raw_arrays`: whether nodes also hold raw arrays outside states (`float32`,
+        `int32`, `bool`), as plain Equinox modules do.
     """
     names = itertools.count()
     how = st.one_of(st.none(), st.just("plain"), st.sampled_from(levels))
@@ -171,9 +176,53 @@ def module_trees(
             for i in range(draw(st.integers(0, max_states)))
         }
         cls = node_class(draw(how), draw(how))
-        return cls(children, states, name=f"n{next(names)}")
+        raw = draw(_raw_arrays()) if raw_arrays else {}
+        return cls(children, states, name=f"n{next(names)}", raw=raw)
 
     return node(0)
+
+
+@st.composite
+def _raw_arrays(draw) -> dict:
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    out = {}
+    for i, kind in enumerate(
+        draw(st.lists(st.sampled_from(["f", "i", "b"]), max_size=2))
+    ):
+        shape = draw(_SHAPES)
+        if kind == "f":
+            out[f"r{i}"] = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        elif kind == "i":
+            out[f"r{i}"] = jnp.asarray(rng.integers(-5, 5, shape), jnp.int32)
+        else:
+            out[f"r{i}"] = jnp.asarray(rng.integers(0, 2, shape) > 0)
+    return out
+
+
+@st.composite
+def stateful_pairs(draw, trees=None) -> tuple[TreeNode, eqx.nn.State]:
+    """A `(model, state)` pair as `eqx.nn.make_with_state` makes them: a random tree
+    from `trees` (by default [`eqx_collective.testing.module_trees`][] with raw
+    arrays) in which some nodes hold an `eqx.nn.StateIndex` (in `raw['index']`), and
+    the `eqx.nn.State` holding their values."""
+    trees = module_trees(raw_arrays=True) if trees is None else trees
+    model = draw(trees)
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+
+    def add_index(node):
+        children = tuple(add_index(c) for c in node.children)
+        raw = dict(node.raw)
+        if draw(st.booleans()):
+            init = (
+                jnp.asarray(rng.standard_normal(3), jnp.float32),
+                jnp.zeros((), jnp.int32),
+            )
+            raw["index"] = eqx.nn.StateIndex(init)
+        return type(node)(children, node.states, name=node.name, raw=raw)
+
+    model = add_index(model)
+    state = eqx.nn.State(model)
+    return eqx.nn.delete_init_state(model), state
 
 
 @st.composite
