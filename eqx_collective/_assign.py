@@ -17,6 +17,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from ._ensemble import place
 from ._module import replace_fields
 from ._paths import (
     as_path,
@@ -437,7 +438,7 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
         old, value = _get(state, "__dict__")["value"], plan[0][1]
         if type(value) is _ArrayImpl and type(old) is _ArrayImpl:
             if value.aval == old.aval:  # the common case: nothing to check or cast
-                return replace_fields(state, value=value)
+                return _placed(state, value)
     slot = index.slot(i)
     new = [_UNSET] * len(slot.leaves)
     for sub, value in plan:
@@ -464,7 +465,16 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
     missing.extend(path + slot.subpaths[t] for t in unset)
     for t in unset:
         new[t] = slot.leaves[t]
-    return replace_fields(state, value=jtu.tree_unflatten(slot.treedef, new))
+    return _placed(state, jtu.tree_unflatten(slot.treedef, new))
+
+
+def _placed(state: State, value: Any) -> State:
+    """`state` holding `value`, placed as the state's ensemble records (see
+    `shard_ensemble`), so that a restore keeps a sharded ensemble sharded."""
+    sharding = _get(state, "__dict__").get("ensemble_sharding")
+    if sharding is not None:
+        value = place({"v": value}, sharding)["v"]
+    return replace_fields(state, value=value)
 
 
 def _structure_error(where: Path, sub: Path, expected: list, value: Any) -> str:

@@ -64,18 +64,64 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharding_over_eight_simulated_devices():
+KEPT = textwrap.dedent(
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import eqx_collective as ec
+
+    key = jax.random.key(0)
+    mesh = jax.sharding.Mesh(jax.devices(), ("ensemble",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("ensemble"))
+    cells = ec.make_ensemble(lambda k: ec.nn.GRUCell(3, 4, key=k), key, 16)
+    cells = ec.shard_ensemble(ec.vmap_init_all_states(cells, batch_size=2, key=key))
+
+    def check(tree, what):
+        for path, x in ec.leaf_values(tree).items():
+            assert x.sharding.is_equivalent_to(split, x.ndim), (what, path, x.sharding)
+        assert ec.ensemble_shape(tree) == (ec.ensemble_size(tree),), what
+
+    ops = {
+        "reset": lambda e: ec.vmap_reset_all_states(e),
+        "init": lambda e: ec.vmap_init_all_states(e, batch_size=2, key=key),
+        "call": lambda e: ec.vmap_call_all_fns(e, "reset_state", fn_if_not_exist="pass"),
+        "assign": lambda e: ec.assign_state_values(
+            e, {k: jnp.zeros(v.shape, v.dtype) for k, v in ec.leaf_values(e).items()}
+        ).model,
+        "take": lambda e: ec.take_members(e, jnp.arange(8)),
+        "where": lambda e: ec.where_members(jnp.arange(16) % 2 == 0, e, e),
+    }
+    for name, op in ops.items():
+        check(op(cells), name + " eagerly")
+        check(eqx.filter_jit(op)(cells), name + " under jit")
+    print("sharding kept")
+    """
+)
+
+
+def _run(script: str) -> str:
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
     }
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "sharding ok" in out.stdout
+    return out.stdout
+
+
+def test_sharding_over_eight_simulated_devices():
+    assert "sharding ok" in _run(SCRIPT)
+
+
+def test_every_ensemble_operation_keeps_the_sharding():
+    assert "sharding kept" in _run(KEPT)

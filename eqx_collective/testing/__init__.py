@@ -5,6 +5,7 @@ assertions (trees equal, purity, jit == eager, ensemble member == single model).
 from ._assertions import (
     assert_jit_matches_eager as assert_jit_matches_eager,
     assert_member_matches as assert_member_matches,
+    assert_members_differ as assert_members_differ,
     assert_pure as assert_pure,
     assert_trees_equal as assert_trees_equal,
 )

@@ -11,9 +11,10 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from .._ensemble import member
+from .._ensemble import ensemble_size, member, split_members
 from .._module import replace_fields
 from .._paths import is_value_leaf, iter_leaves, path_repr
+from .._views import leaf_values
 from .._walk import map_states
 
 
@@ -156,3 +157,32 @@ def assert_member_matches(
         )
     except AssertionError as e:
         raise AssertionError(f"Ensemble member {index}: {e}") from None
+
+
+def assert_members_differ(ensemble: PyTree, *filters: Any) -> None:
+    """Asserts that an ensemble's members are independent: for every leaf that
+    `filters` select (see [`eqx_collective.leaf_values`][]; all by default), no two
+    members hold equal values. Use it on what each member draws at random: every
+    parameter of a [`eqx_collective.make_ensemble`][] ensemble, the states a random
+    `init_state` fills under [`eqx_collective.vmap_init_all_states`][]. A leaf that
+    holds one number throughout (a zero-initialised bias: no draw at all) is skipped.
+
+    **Raises:** `AssertionError` naming the leaf and the two members that are equal.
+    """
+    size = ensemble_size(ensemble)
+    batched = split_members(ensemble)[0]
+    selected = leaf_values(ensemble, *filters)
+    for path, x in leaf_values(batched).items():
+        if path not in selected:
+            continue
+        x = x.mantissa if isinstance(x, u.Quantity) else x
+        rows = _numpy(x).reshape(size, -1)
+        if rows.size and np.all(rows == rows.flat[0]):
+            continue
+        for i in range(size):
+            for j in range(i + 1, size):
+                if np.array_equal(rows[i], rows[j]):
+                    raise AssertionError(
+                        f"Members {i} and {j} of the ensemble hold equal values at "
+                        f"{path_repr(path)}: they are not independent."
+                    )
