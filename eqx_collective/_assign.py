@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from ._ensemble import place
-from ._module import replace_fields
+from ._module import rebuild
 from ._paths import (
     as_path,
     is_value_leaf,
@@ -73,20 +73,19 @@ class _Mismatch(Exception):
 
 
 class _Slot:
-    """One state of the model: its value's leaves, their structure and their paths
-    relative to the state."""
+    """One state of the model: its value's leaves, their structure, their paths
+    relative to the state, and every place below the state (see `_layout`)."""
 
-    __slots__ = ("path", "state", "leaves", "treedef", "subpaths")
+    __slots__ = ("path", "state", "leaves", "treedef", "subpaths", "below")
 
     def __init__(self, path: Path, state: State):
         self.path, self.state = path, state
         value = _get(state, "__dict__")["value"]
         self.leaves, self.treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
-        self.subpaths = _SUBPATHS.get(self.treedef)
-        if self.subpaths is None:
-            flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
-            self.subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
-            _SUBPATHS[self.treedef] = self.subpaths
+        layout = _LAYOUTS.get(self.treedef)
+        if layout is None:
+            layout = _LAYOUTS[self.treedef] = _layout(value)
+        self.subpaths, self.below = layout
 
     def targets(self, sub: Path) -> list[int]:
         """The indices of the leaves at or below `sub` (relative to the state)."""
@@ -96,13 +95,28 @@ class _Slot:
         return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
 
 
-# Leaf paths per value structure: many states share one, and `tree_flatten` is several
+def _layout(value: Any) -> tuple[tuple[Path, ...], tuple]:
+    """The leaf paths of `value` (relative to its state), and every place strictly
+    below the state as `(path, leaf index or None, dotted path)`."""
+    flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
+    subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
+    places: dict[Path, int | None] = {}
+    for j, sub in enumerate(subpaths):
+        for k in range(1, len(sub)):
+            places.setdefault(sub[:k], None)
+        if sub:  # not an array-valued state's own path
+            places[sub] = j
+    return subpaths, tuple((p, j, path_str(p)) for p, j in places.items())
+
+
+# Layouts per value structure: many states share one, and `tree_flatten` is several
 # times cheaper than `tree_flatten_with_path`.
-_SUBPATHS: dict[jtu.PyTreeDef, tuple[Path, ...]] = {}
+_LAYOUTS: dict[jtu.PyTreeDef, tuple] = {}
 
 
 class _Index:
-    """Finds the place a key names, as `(state number, path inside the value)`.
+    """Finds the place a key names, as `(state number, path inside the value, leaf
+    index or None)`.
 
     State-level tuple paths are indexed at once; the paths below them, and the dotted
     strings of all of them, when a key first needs them. Each is one pass over the
@@ -111,8 +125,8 @@ class _Index:
     def __init__(self, found: list[tuple[Path, State]]):
         self.found = found
         self.slots: list[_Slot | None] = [None] * len(found)
-        self.exact = {path: (i, ()) for i, (path, _) in enumerate(found)}
-        self._deep: dict[Path, tuple[int, Path]] | None = None
+        self.exact = {path: (i, (), None) for i, (path, _) in enumerate(found)}
+        self._deep: dict[Path, tuple] | None = None
         self._dotted: dict[str, list] | None = None
 
     def slot(self, i: int) -> _Slot:
@@ -120,33 +134,44 @@ class _Index:
             self.slots[i] = _Slot(*self.found[i])
         return self.slots[i]
 
-    def _places(self):
-        """`(path, where)` of every state and every place below it."""
-        for i, (path, _) in enumerate(self.found):
-            yield path, (i, ())
-            seen = set()
-            for sub in self.slot(i).subpaths:
-                for k in range(1, len(sub) + 1):
-                    if sub[:k] not in seen:
-                        seen.add(sub[:k])
-                        yield path + sub[:k], (i, sub[:k])
+    def _build_deep(self) -> dict[Path, tuple]:
+        """Every place strictly below a state, by tuple path."""
+        return {
+            path + sub: (i, sub, j)
+            for i, (path, _) in enumerate(self.found)
+            for sub, j, _ in self.slot(i).below
+        }
 
-    def lookup(self, key: Any) -> tuple[int, Path] | None:
+    def _build_dotted(self) -> dict[str, list]:
+        """Every state and every place below it, by dotted path (a list: a dotted
+        path can name several places)."""
+        dotted: dict[str, list] = {}
+        for i, (path, _) in enumerate(self.found):
+            text = path_str(path)
+            dotted.setdefault(text, []).append((path, (i, (), None)))
+            prefix = text + "." if path else ""
+            for sub, j, sub_text in self.slot(i).below:
+                place = (path + sub, (i, sub, j))
+                dotted.setdefault(prefix + sub_text, []).append(place)
+        return dotted
+
+    def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
         if isinstance(key, str):
             return self._lookup_dotted(key)
-        path = as_path(key)  # a `TypeError` for anything that is not a path
+        path = key if type(key) is tuple else as_path(key)
         where = self.exact.get(path)
         if where is None:
             if self._deep is None:
-                self._deep = dict(self._places())
+                self._deep = self._build_deep()
             where = self._deep.get(path)
-        return where if where is not None else self._lookup_dotted(path_str(path))
+        if where is not None:
+            return where
+        as_path(key)  # a `TypeError` for entries that are neither `str` nor `int`
+        return self._lookup_dotted(path_str(path))
 
-    def _lookup_dotted(self, text: str) -> tuple[int, Path] | None:
+    def _lookup_dotted(self, text: str) -> tuple[int, Path, int | None] | None:
         if self._dotted is None:
-            self._dotted = {}
-            for path, where in self._places():
-                self._dotted.setdefault(path_str(path), []).append((path, where))
+            self._dotted = self._build_dotted()
         found = self._dotted.get(text)
         if found is None:
             return None
@@ -414,7 +439,8 @@ def assign_state_values(
 
 
 def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
-    """For each state, the `(path inside the value, value)` the keys name, in order
+    """For each state, the `(path inside the value, leaf index or None, value)` the
+    keys name, in order
     (later keys overwrite earlier ones); and the keys that name nothing."""
     plans: dict[int, list[tuple[Path, Any]]] = {}
     unexpected: list = []
@@ -426,7 +452,7 @@ def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
                 if key not in unexpected:
                     unexpected.append(key)
             else:
-                plans.setdefault(where[0], []).append((where[1], value))
+                plans.setdefault(where[0], []).append((where[1], where[2], value))
     return plans, unexpected
 
 
@@ -435,23 +461,21 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
     leaves left unassigned in `missing` and what was refused in `errors`."""
     path, state = index.found[i]
     if len(plan) == 1 and not plan[0][0]:
-        old, value = _get(state, "__dict__")["value"], plan[0][1]
-        if type(value) is _ArrayImpl and type(old) is _ArrayImpl:
-            if value.aval == old.aval:  # the common case: nothing to check or cast
-                return _placed(state, value)
+        value = plan[0][2]
+        if _same_avals(_get(state, "__dict__")["value"], value):
+            # the common case, a value like the old: nothing to check or cast
+            return _placed(state, dict(value) if type(value) is dict else value)
     slot = index.slot(i)
     new = [_UNSET] * len(slot.leaves)
-    for sub, value in plan:
-        targets = slot.targets(sub)
-        given, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
-        if not (not sub and treedef == slot.treedef):
-            given_subs = [
-                sub + keypath_to_path(kp)
-                for kp, _ in jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
-            ]
-            expected_subs = [slot.subpaths[t] for t in targets]
-            if list(map(path_str, given_subs)) != list(map(path_str, expected_subs)):
-                errors.append(_structure_error(path + sub, sub, expected_subs, value))
+    for sub, j, value in plan:
+        if j is not None and type(value) in _ONE_LEAF:  # a leaf for a leaf's place
+            targets, given = (j,), (value,)
+        else:
+            targets = slot.targets(sub)
+            given, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
+            if not _fits(slot, sub, targets, value, treedef):
+                expected = [slot.subpaths[t] for t in targets]
+                errors.append(_structure_error(path + sub, sub, expected, value))
                 continue
         for t, leaf in zip(targets, given, strict=True):
             try:
@@ -468,13 +492,44 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
     return _placed(state, jtu.tree_unflatten(slot.treedef, new))
 
 
+def _same_avals(old: Any, new: Any) -> bool:
+    """Whether `new` is a JAX array, or a dict of them, like `old` in structure,
+    shapes and dtypes."""
+    if type(new) is _ArrayImpl:
+        return type(old) is _ArrayImpl and old.aval == new.aval
+    if type(new) is dict and type(old) is dict and len(new) == len(old):
+        for k, v in new.items():
+            o = old.get(k)
+            if type(v) is _ArrayImpl and type(o) is _ArrayImpl:
+                if o.aval != v.aval:
+                    return False
+            elif not _same_avals(o, v):
+                return False
+        return True
+    return False
+
+
+# Types that are one leaf of a value (what a leaf-level key usually carries).
+_ONE_LEAF = frozenset({_ArrayImpl, np.ndarray, u.Quantity, bool, int, float, complex})
+
+
+def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bool:
+    """Whether `value`, of structure `treedef`, given for the place `sub` of a state
+    has leaves at the very paths of the leaves there."""
+    if not sub and treedef == slot.treedef:
+        return True
+    flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
+    given = [path_str(sub + keypath_to_path(kp)) for kp, _ in flat]
+    return given == [path_str(slot.subpaths[t]) for t in targets]
+
+
 def _placed(state: State, value: Any) -> State:
     """`state` holding `value`, placed as the state's ensemble records (see
     `shard_ensemble`), so that a restore keeps a sharded ensemble sharded."""
     sharding = _get(state, "__dict__").get("ensemble_sharding")
     if sharding is not None:
         value = place({"v": value}, sharding)["v"]
-    return replace_fields(state, value=value)
+    return rebuild(state, {"value": value})
 
 
 def _structure_error(where: Path, sub: Path, expected: list, value: Any) -> str:

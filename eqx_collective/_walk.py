@@ -88,10 +88,16 @@ def map_states(
 
 def holds_arrays(value: Any) -> bool:
     """Whether a state's value holds at least one leaf (a placeholder does not)."""
-    if type(value) is _ArrayImpl:
+    kind = type(value)
+    if kind is _ArrayImpl:
         return True
-    if type(value) is dict:
-        return any(holds_arrays(v) for v in value.values())
+    if kind is dict:
+        for v in value.values():
+            if type(v) is _ArrayImpl or holds_arrays(v):
+                return True
+        return False
+    if value is None:
+        return False
     return any(
         not (isinstance(x, u.Quantity) and x.mantissa is None)
         for x in jtu.tree_leaves(value, is_leaf=is_value_leaf)
