@@ -22,13 +22,26 @@
    compile + run, fresh functions). Also, for reference, the loop with the
    low-overhead dispatch pattern of `bench_dispatch.py` (`jax.jit` on flat leaves).
 
+3. The same forward pass of a 64-member ensemble sharded with `ec.shard_ensemble`
+   over 8 simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`,
+   in a subprocess), against the unsharded ensemble on one device: a report, no
+   target (simulated devices share this machine's two cores).
+
+Rows 1 also compare `vmap_init_all_states` (members replicate the parameters) with
+building independently initialised members (`make_ensemble`, then
+`vmap_init_all_states` on the ensemble to create their states).
+
 Target: the vmapped forward >= 10x faster than the loop.
 
 Run as `python benchmarks/bench_ensemble.py [--quick]`, or call `run(quick)`.
 """
 
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -107,7 +120,12 @@ def _init_rows(bst, quick: bool) -> list[dict]:
         ens = ours()
         rss = _maxrss_mib() - before
         assert ec.ensemble_size(ens) == size
-        fns = [ours]
+
+        def independent(size=size):
+            ens = ec.make_ensemble(make_stateful, key, size)
+            return jax.block_until_ready(ec.vmap_init_all_states(ens, key=key))
+
+        fns = [ours, independent]
         note = f"result {_mib(_nbytes(ens))}, peak RSS +{rss:.1f} MiB"
         if bs_model is not None:
 
@@ -121,14 +139,25 @@ def _init_rows(bst, quick: bool) -> list[dict]:
             note += f"; brainstate result {_mib(_nbytes(bs_values))} (only `h` batched)"
             fns.append(theirs)
         times = interleaved_medians(fns, repeats, warmup=0)
+        name = f"vmap_init_all_states, {size} members"
         rows.append(
             row(
                 AREA,
-                f"vmap_init_all_states, {size} members",
+                name,
                 times[0],
                 "brainstate",
-                times[1] if bst is not None else None,
+                times[2] if bst is not None else None,
                 note,
+            )
+        )
+        rows.append(
+            row(
+                AREA,
+                name,
+                times[0],
+                "make_ensemble + vmap_init_all_states (independent members)",
+                times[1],
+                "replicated parameters against independently built members",
             )
         )
     return rows
@@ -226,10 +255,51 @@ def _forward_rows(quick: bool) -> list[dict]:
     ]
 
 
+def _sharded_times(quick: bool) -> tuple[int, float, float]:
+    """In a process with 8 simulated CPU devices: the median times of the forward
+    pass of a 64-member ensemble, sharded over the devices and not."""
+    assert jax.device_count() == 8, jax.devices()
+    size, batch, repeats = (8, 2, 5) if quick else (64, 32, 51)
+    ensemble = ec.make_ensemble(make_mlp, jax.random.key(0), size)
+    sharded = ec.shard_ensemble(ensemble)
+    x = jax.random.normal(jax.random.key(1), (batch, 16))
+    forward = _make_vmapped(ensemble)
+    fns = [
+        lambda e=e: jax.block_until_ready(forward(e, x)) for e in (sharded, ensemble)
+    ]
+    np.testing.assert_allclose(fns[0](), fns[1](), rtol=1e-5, atol=1e-5)
+    return size, *interleaved_medians(fns, repeats, warmup=2)
+
+
+def _sharded_rows(quick: bool) -> list[dict]:
+    """Runs `_sharded_times` in a subprocess: JAX fixes the device count at start."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    script = (
+        f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+        f"import bench_ensemble as b; print(json.dumps(b._sharded_times({quick})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(f"the sharded benchmark failed:\n{out.stderr}")
+    size, sharded, single = json.loads(out.stdout.splitlines()[-1])
+    return [
+        row(
+            AREA,
+            f"ensemble forward, {size} members sharded over 8 simulated CPU devices",
+            sharded,
+            "the same, on one device",
+            single,
+            "simulated devices share this machine's cores: a report, no target",
+        )
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
     """Runs the benchmark; returns rows in the format of `_common.row`."""
     bst = import_brainstate()
-    return _init_rows(bst, quick) + _forward_rows(quick)
+    return _init_rows(bst, quick) + _forward_rows(quick) + _sharded_rows(quick)
 
 
 if __name__ == "__main__":
