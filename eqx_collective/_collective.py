@@ -16,7 +16,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 from ._filters import Filter, to_predicate
 from ._module import method
 from ._paths import Path, path_hash, path_repr
-from ._walk import holds_arrays, walk
+from ._walk import holds_arrays, iter_nodes, iter_states, walk
 
 
 T = TypeVar("T")
@@ -138,30 +138,13 @@ def check_key(key: Any, op: str) -> None:
     )
 
 
-def _check_whole(path: Path, state: Any, op: str) -> Any:
-    if not holds_arrays(object.__getattribute__(state, "__dict__").get("value")):
-        raise ValueError(
-            f"`{op}`: the state at path {path_repr(path)} holds no array. A part made "
-            "by `partition` has such placeholders where the other part's values are: "
-            "put the parts back together with `combine(*parts)` first. (A state is "
-            "created holding its value: give it an initial array.)"
-        )
-    return state
-
-
 def _plan(target, call: "Call") -> list[list]:
     """The calls to make, as passes of `(path, node)`: the undecorated methods first,
     then one pass per `call_order` level, ascending; each pass in traversal order."""
     op, fn_name, fn_if_not_exist = call.op, call.fn_name, call.fn_if_not_exist
     exclude = to_predicate(call.node_to_exclude)
-    nodes = []
-    walk(
-        target,
-        node=lambda path, x: nodes.append((path, x)) or x,
-        state=lambda path, s: _check_whole(path, s, op),
-    )
     undecorated, by_level, missing = [], {}, []
-    for path, node in nodes:
+    for path, node in iter_nodes(target):
         if exclude(path, node):
             continue
         if not hasattr(type(node), fn_name):
@@ -203,6 +186,16 @@ def _invoke(node, path, fn_name, args, kwargs, key, op):
             f"(raised by `{fn_name}` of the node at path {path_repr(path)} "
             f"({type(node).__name__}) during `{op}`)"
         )
+        empty = [
+            p for p, s in iter_states(node, views=False) if not holds_arrays(s.value)
+        ]
+        if empty:
+            e.add_note(
+                f"(The node's state at {path_repr(path + empty[0])} holds no array: "
+                "this looks like a part made by `partition`, which has placeholders "
+                "where the other parts' values are. Put the parts back together with "
+                "`combine(*parts)` first.)"
+            )
         raise
 
 

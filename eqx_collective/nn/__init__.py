@@ -9,6 +9,7 @@ and the forward call returns `(output, updated_layer)` (see
 
 from ._activations import GELU as GELU, ReLU as ReLU
 from ._dropout import Dropout as Dropout
+from ._equinox import PerExample as PerExample, WithState as WithState
 from ._init import (
     compute_fans as compute_fans,
     Constant as Constant,

@@ -49,6 +49,23 @@ def is_stateful(layer: Any) -> bool:
     return isinstance(layer, StatefulLayer) and layer.is_stateful()
 
 
+def _call(i: int, layer: Callable, x: Any, kwargs: dict) -> Any:
+    """`layer(x, **kwargs)`; an error raised by a layer from outside this package gets
+    a note on the batch convention, the usual cause at that seam."""
+    try:
+        return layer(x, **kwargs)
+    except Exception as e:
+        if not type(layer).__module__.startswith("eqx_collective."):
+            e.add_note(
+                f"(raised by layer {i} of `Sequential`, a {type(layer).__name__}. The "
+                "layers of `eqx_collective.nn` take a batch, as brainstate's do, and "
+                "`Sequential` passes the batch on; Equinox's layers take one example. "
+                "Wrap such a layer as `nn.PerExample(layer)`, or `nn.WithState(layer, "
+                "state)` for one called with an `eqx.nn.State`.)"
+            )
+        raise
+
+
 def _takes_key(layer: Callable) -> bool:
     """Whether `layer(x, key=...)` is accepted."""
     try:
@@ -154,7 +171,7 @@ class Sequential(StatefulLayer):
         ):
             kwargs = {"key": next(keys)} if wants_key else {}
             if is_stateful(layer):
-                result = layer(x, **kwargs)
+                result = _call(i, layer, x, kwargs)
                 if not (
                     isinstance(result, tuple)
                     and len(result) == 2
@@ -168,7 +185,7 @@ class Sequential(StatefulLayer):
                     )
                 x, layer = result
             else:
-                x = layer(x, **kwargs)
+                x = _call(i, layer, x, kwargs)
             new_layers.append(layer)
         if not self.is_stateful():
             return x
