@@ -2,6 +2,7 @@
 
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import zlib
@@ -146,9 +147,14 @@ def test_progress_bar_only_for_a_person_watching(name, monkeypatch):
 def test_runs_as_a_script(name):
     """`python examples/<name>.py --help` works from the repository root, and shows
     every option's default."""
+    # The examples import this checkout's `eqx_collective`, as when it is installed.
+    pythonpath = os.pathsep.join(
+        filter(None, [str(EXAMPLES.parent), os.getenv("PYTHONPATH")])
+    )
     out = subprocess.run(
         [sys.executable, f"examples/{name}.py", "--help"],
         cwd=EXAMPLES.parent,
+        env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         timeout=120,
