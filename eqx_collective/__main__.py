@@ -1,4 +1,6 @@
+"""`python -m eqx_collective`: the tour (`--help` for its options)."""
+
 from .tour import main
 
 
-main()
+raise SystemExit(main())

@@ -23,7 +23,8 @@ The file is read with `numpy.load(..., allow_pickle=False)` and JSON metadata: l
 never unpickles or runs anything from it.
 
 Run it with `python examples/checkpoint.py` (`--out-dir DIR` keeps the files; by
-default they go to a temporary directory).
+default they go to a temporary directory; `--help` for the options, `--quiet` to print
+nothing).
 """
 
 import argparse
@@ -217,25 +218,37 @@ def main(
     }
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out-dir", default=None, help="where to keep the checkpoints (default: temp)"
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--hidden-size", type=int, default=8)
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="keep the checkpoints here (else in a temporary directory)",
+    )
+    parser.add_argument("--batch-size", type=int, default=2, help="sequences/batch")
+    parser.add_argument("--hidden-size", type=int, default=8, help="RNN units")
     parser.add_argument("--members", type=int, default=4, help="ensemble size")
     parser.add_argument("--steps", type=int, default=5, help="time steps before saving")
     parser.add_argument(
         "--quick", action="store_true", help="the smallest setting (2 members)"
     )
-    args = parser.parse_args()
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    args = parser.parse_args(argv)
     if args.quick:
         args.members, args.hidden_size = 2, 4
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
     main(
         args.out_dir,
         batch_size=args.batch_size,
         hidden_size=args.hidden_size,
         members=args.members,
         steps=args.steps,
+        verbose=not args.quiet,
     )

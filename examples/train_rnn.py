@@ -24,10 +24,14 @@ The pattern, which you can copy for any stateful Equinox model:
    updated hidden states off again. The parameters are closed over, so the scan does
    not carry (and copy) them.
 
-Run it with `python examples/train_rnn.py` (`--help` for the options).
+Run it with `python examples/train_rnn.py` (`--help` for the options). In a terminal a
+progress bar shows the loss; with `--quiet` it prints nothing, and in a log file or
+under CI (`CI` set) it prints a line every `--log-every` steps instead of the bar.
 """
 
 import argparse
+import os
+import sys
 import time
 from typing import Any
 
@@ -35,6 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from tqdm import tqdm
 
 import eqx_collective as ec
 from eqx_collective import nn
@@ -97,6 +102,12 @@ def make_train_step(optimiser: optax.GradientTransformation):
     return train_step
 
 
+def show_progress_bar(verbose: bool) -> bool:
+    """A progress bar is for a person watching: not when quiet, not when stderr is not
+    a terminal (a log file, a pipe, a test), not under CI (the `CI` variable set)."""
+    return verbose and sys.stderr.isatty() and not os.environ.get("CI")
+
+
 def main(
     steps: int = 500,
     *,
@@ -109,7 +120,7 @@ def main(
     log_every: int = 50,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Trains the GRU model on the delayed-copy task.
+    """Trains the GRU model on the delayed-copy task; prints nothing if not `verbose`.
 
     **Returns:** a dict with `first_loss`, `last_loss` (of the first and last batch),
     `losses` (one per step), `seconds` (wall time, compilation included) and the
@@ -128,13 +139,17 @@ def main(
     batch = jax.jit(make_batch, static_argnums=(1, 2, 3))
 
     losses = []
+    bar = show_progress_bar(verbose)
     start = time.perf_counter()
-    for i, key in enumerate(jax.random.split(key_data, steps)):
-        xs, ys = batch(key, seq_len, batch_size, delay)
-        params, rest, opt_state, loss = train_step(params, rest, opt_state, xs, ys)
-        losses.append(float(loss))
-        if verbose and (i % log_every == 0 or i == steps - 1):
-            print(f"step {i:5d}  loss {losses[-1]:.5f}")
+    keys = jax.random.split(key_data, steps)
+    with tqdm(keys, desc="training", unit="step", disable=not bar) as progress:
+        for i, key in enumerate(progress):
+            xs, ys = batch(key, seq_len, batch_size, delay)
+            params, rest, opt_state, loss = train_step(params, rest, opt_state, xs, ys)
+            losses.append(float(loss))
+            progress.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)
+            if verbose and not bar and (i % log_every == 0 or i == steps - 1):
+                print(f"step {i:5d}  loss {losses[-1]:.5f}")
     seconds = time.perf_counter() - start
 
     model = ec.combine(params, rest)
@@ -152,22 +167,33 @@ def main(
     }
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--steps", type=int, default=500, help="training steps")
-    parser.add_argument("--hidden-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden-size", type=int, default=32, help="GRU units")
+    parser.add_argument("--seq-len", type=int, default=20, help="sequence length")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences/batch")
     parser.add_argument("--delay", type=int, default=2, help="how far back to copy")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--log-every", type=int, default=50, help="steps between log lines (no bar)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a short run (150 steps, 16 units)"
     )
-    args = parser.parse_args()
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.hidden_size = 150, 16
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
     main(
         args.steps,
         hidden_size=args.hidden_size,
@@ -177,4 +203,5 @@ if __name__ == "__main__":
         learning_rate=args.lr,
         seed=args.seed,
         log_every=args.log_every,
+        verbose=not args.quiet,
     )
