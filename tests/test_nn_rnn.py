@@ -137,14 +137,17 @@ def test_bad_inputs(cls, key):
         cell(jnp.ones((2, 4)))
     with pytest.raises(ValueError, match=r"batch shape \(7,\)"):
         cell(jnp.ones((7, 3)))
-    with pytest.raises(ValueError, match="positive `num_in`"):
+    with pytest.raises(ValueError, match="positive integer `num_in`"):
         cls(0, 5, key=key)
-    with pytest.raises(ValueError, match="positive `num_out`"):
+    with pytest.raises(ValueError, match="positive integer `num_out`"):
         cls(3, -1, key=key)
-    with pytest.raises(ValueError, match="positive `batch_size`"):
+    with pytest.raises(ValueError, match="positive integer `batch_size`"):
         cell.init_state(0)
-    with pytest.raises(TypeError, match="int `batch_size`"):
+    with pytest.raises(TypeError, match="positive integer `batch_size`"):
         cell.init_state(2.0)
+    with pytest.raises(TypeError, match="positive integer `batch_size`"):
+        cell.init_state(True)
+    assert cell.init_state(np.int64(4)).h.value.shape[:-1] == (4,)
 
 
 def test_activation(getkey):
