@@ -63,7 +63,7 @@ def _number(x: Any) -> Any:
     if _is_concrete_number(x):
         return float(x)
     if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
-        if np.ndim(x) == 0 and np.issubdtype(np.result_type(x), np.number):
+        if np.ndim(x) == 0 and np.issubdtype(x.dtype, np.number):
             return float(x)
     return x
 
