@@ -10,7 +10,13 @@ import equinox as eqx
 from equinox._module._prebuilt import BoundMethod
 
 
-_WRAPPER_NAMES = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__")
+_WRAPPER_NAMES = (
+    "__module__",
+    "__name__",
+    "__qualname__",
+    "__doc__",
+    "__annotations__",
+)
 
 
 class OrderedMethod:
@@ -19,7 +25,7 @@ class OrderedMethod:
     Equinox hands out a module's methods as `eqx.Module` bound methods (pytrees), which
     do not show the function's own attributes, so `module.init_state.call_order` would
     be unreadable. An `OrderedMethod` binds instead to an
-    [`eqx_collective._ordered_method.OrderedBoundMethod`][]: the same pytree bound
+    `OrderedBoundMethod`: the same pytree bound
     method (usable with `jax.jit`), that also shows `call_order`, and costs a plain
     attribute read (no `eqx.Module` construction).
     """

@@ -569,7 +569,10 @@ def test_call_all_fns_non_callable_attribute(fn_if_not_exist):
     class WithDefault(eqx.Module):
         child: ModuleWithAttribute = ModuleWithAttribute()
 
-    for module, where in [(ModuleWithAttribute(), "<root>"), (WithDefault(), "'child'")]:
+    for module, where in [
+        (ModuleWithAttribute(), "<root>"),
+        (WithDefault(), "'child'"),
+    ]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no warning, an error
             with pytest.raises(TypeError, match=f"path {where} .* not a method"):
@@ -578,7 +581,9 @@ def test_call_all_fns_non_callable_attribute(fn_if_not_exist):
 
 def test_call_all_fns_with_gru_cell():
     # Every layer of `eqx_collective.nn` answers `init_state`, so no 'pass' is needed.
-    gru = ec.call_all_fns(nn.GRUCell(5, 10, key=KEY), "init_state", kwargs={"batch_size": 8})
+    gru = ec.call_all_fns(
+        nn.GRUCell(5, 10, key=KEY), "init_state", kwargs={"batch_size": 8}
+    )
     assert len(ec.states(gru)) > 0
     assert gru.h.value.shape == (8, 10)
 
@@ -740,7 +745,9 @@ class Simple(eqx.Module):
     b: ec.ParamState | None = None
 
     def init_state(self):
-        return replace(self, w=ec.ParamState(jnp.ones(3)), b=ec.ParamState(jnp.zeros(2)))
+        return replace(
+            self, w=ec.ParamState(jnp.ones(3)), b=ec.ParamState(jnp.zeros(2))
+        )
 
 
 def _make_net():

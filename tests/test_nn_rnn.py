@@ -326,8 +326,10 @@ def test_state_init_is_static_and_hashable(cls, key):
     # Members built separately have equal structures (a stackable ensemble).
     other = cls(3, 5, state_init=nn.Normal(np.float32(0.0), jnp.asarray(0.5)), key=key)
     assert jax.tree.structure(cell) == jax.tree.structure(other)
-    members = [cls(3, 5, state_init=nn.Normal(0.0, 0.5), key=k) for k in
-               jax.random.split(key, 3)]
+    members = [
+        cls(3, 5, state_init=nn.Normal(0.0, 0.5), key=k)
+        for k in jax.random.split(key, 3)
+    ]
     ensemble = ec.stack(members)
     assert ec.ensemble_size(ensemble) == 3
     ready = eqx.filter_jit(lambda c, k: c.init_state(2, key=k))(cell, key)

@@ -11,7 +11,12 @@ from eqx_collective.nn._values import as_size, attach_unit, make_value, strip_un
 
 @given(st.integers(1, 10_000))
 def test_as_size(n):
-    assert as_size(n, "n", "f") == as_size((n,), "n", "f") == as_size([np.int64(n)], "n", "f") == n
+    assert (
+        as_size(n, "n", "f")
+        == as_size((n,), "n", "f")
+        == as_size([np.int64(n)], "n", "f")
+        == n
+    )
 
 
 def test_as_size_errors():

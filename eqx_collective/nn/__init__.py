@@ -26,6 +26,11 @@ from ._initialisers import (
     XavierUniform as XavierUniform,
     ZeroInit as ZeroInit,
 )
+from ._layer import (
+    is_stateful as is_stateful,
+    Layer as Layer,
+    StatefulLayer as StatefulLayer,
+)
 from ._linear import Linear as Linear
 from ._rnn import (
     GRUCell as GRUCell,
@@ -33,10 +38,5 @@ from ._rnn import (
     RNNCell as RNNCell,
     ValinaRNNCell as ValinaRNNCell,
     VanillaRNNCell as VanillaRNNCell,
-)
-from ._layer import (
-    is_stateful as is_stateful,
-    Layer as Layer,
-    StatefulLayer as StatefulLayer,
 )
 from ._sequential import Sequential as Sequential

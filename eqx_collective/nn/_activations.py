@@ -11,8 +11,8 @@ from ._layer import Layer
 class ReLU(Layer):
     """The rectified linear unit `max(x, 0)` as a layer (brainstate's `ReLU`).
 
-    Stateless: its `init_state` / `reset_state` return it unchanged. A `brainunit.Quantity` input keeps its
-    unit (the operation is unit-correct).
+    Stateless: its `init_state` / `reset_state` return it unchanged. A
+    `brainunit.Quantity` input keeps its unit (the operation is unit-correct).
 
     **Arguments:** none.
 
@@ -39,8 +39,9 @@ class ReLU(Layer):
 class GELU(Layer):
     """The Gaussian error linear unit as a layer (brainstate's `GELU`).
 
-    Stateless: its `init_state` / `reset_state` return it unchanged. The input must be a plain array (or a
-    dimensionless `Quantity`): GELU of a physical quantity has no meaning.
+    Stateless: its `init_state` / `reset_state` return it unchanged. The input must be
+    a plain array (or a dimensionless `Quantity`): GELU of a physical quantity has no
+    meaning.
 
     **Arguments:**
 

@@ -198,7 +198,9 @@ class Constant(Initialiser):
 
     value: ArrayLike = 1.0
 
-    def __init__(self, value: ArrayLike | u.Quantity = 1.0, *, unit: u.Unit = u.UNITLESS):
+    def __init__(
+        self, value: ArrayLike | u.Quantity = 1.0, *, unit: u.Unit = u.UNITLESS
+    ):
         if isinstance(value, u.Quantity):
             if isinstance(unit, u.Unit) and unit.is_unitless:
                 unit = value.unit

@@ -21,7 +21,7 @@ def as_size(size: Any, what: str, where: str) -> int:
     """A layer size given as a positive integer or a 1-tuple, as an `int`.
 
     **Raises:** `ValueError` for a sequence that is not of length 1; otherwise as
-    [`eqx_collective._checks.positive_int`][].
+    `eqx_collective._checks.positive_int`.
     """
     value = size
     if isinstance(value, (tuple, list)):
