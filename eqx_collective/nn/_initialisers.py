@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
+from ._plain_methods import PlainPrivateMethods
 from ._values import attach_unit, default_float_dtype
 
 
@@ -68,7 +69,7 @@ def _number(x: Any) -> Any:
     return x
 
 
-class Initialiser(eqx.Module):
+class Initialiser(PlainPrivateMethods):
     """Base class of the initialisers. An initialiser is an immutable `eqx.Module`
     called as `init(shape, *, key=None, dtype=None)`.
 

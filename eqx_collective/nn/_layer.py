@@ -3,10 +3,10 @@
 
 from typing import Any, Self
 
-import equinox as eqx
+from ._plain_methods import PlainPrivateMethods
 
 
-class Layer(eqx.Module):
+class Layer(PlainPrivateMethods):
     """Base class of the layers of [`eqx_collective.nn`][]: the counterpart of
     brainstate's `brainstate.nn.Module`.
 
@@ -18,6 +18,8 @@ class Layer(eqx.Module):
 
     The methods take and ignore any arguments, so that one call
     (`init_all_states(model, batch_size=4)`) can reach layers with and without state.
+    A layer's private methods (`self._step`) are plain Python methods (see
+    `PlainPrivateMethods`), cheap to call.
 
     !!! Example
 
