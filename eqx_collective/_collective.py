@@ -15,6 +15,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ._filters import Filter, to_predicate
 from ._module import method
+from ._ordered_method import OrderedMethod
 from ._paths import Path, path_hash, path_repr
 from ._walk import holds_arrays, iter_nodes, iter_states, walk
 
@@ -38,7 +39,9 @@ def call_order(level: int = 0, check_order_boundary: bool = True) -> Callable:
         `check_order_boundary=False`.
     - `check_order_boundary`: whether to check the range of `level`.
 
-    **Returns:** the decorator, which sets `method.call_order = level`.
+    **Returns:** the decorator. The decorated method behaves as before, and its level
+    is readable as `call_order` from the class, from an instance (`module.method` is
+    still a pytree bound method, usable with `jax.jit`) and from the function.
 
     **Raises:** `ValueError` for a `level` out of range; `TypeError` for a non-`int`.
 
@@ -64,8 +67,7 @@ def call_order(level: int = 0, check_order_boundary: bool = True) -> Callable:
         )
 
     def decorator(fn):
-        fn.call_order = level
-        return fn
+        return OrderedMethod(fn, level)
 
     return decorator
 
@@ -138,6 +140,19 @@ def check_key(key: Any, op: str) -> None:
     )
 
 
+def _check_not_a_field(path: Path, node: Any, fn_name: str, op: str) -> None:
+    """Refuses a node whose attribute `fn_name` is a field or not callable: it is
+    neither a method to call nor a method that is missing, whatever `fn_if_not_exist`
+    says."""
+    attr = getattr(type(node), fn_name, None)
+    if fn_name in getattr(node, "__dict__", ()) or not (attr is None or callable(attr)):
+        raise TypeError(
+            f"`{op}`: `{fn_name}` of the node at path {path_repr(path)} "
+            f"({type(node).__name__}) is a field or a non-callable attribute, not a "
+            "method, so it cannot be called. Call a method name, or rename the field."
+        )
+
+
 def _plan(target, call: "Call") -> list[list]:
     """The calls to make, as passes of `(path, node)`: the undecorated methods first,
     then one pass per `call_order` level, ascending; each pass in traversal order."""
@@ -147,6 +162,7 @@ def _plan(target, call: "Call") -> list[list]:
     for path, node in iter_nodes(target):
         if exclude(path, node):
             continue
+        _check_not_a_field(path, node, fn_name, op)
         if not hasattr(type(node), fn_name):
             missing.append((path, node))
             continue

@@ -18,6 +18,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import ArrayLike, Bool, Int, PyTree
 
+from ._checks import positive_int
 from ._module import replace_fields
 from ._paths import is_state, iter_leaves, path_repr
 from ._state import is_shared, State
@@ -49,26 +50,6 @@ def split_members(tree: PyTree) -> tuple[PyTree, PyTree]:
     shared state), `rest` the shared states and everything static.
     `eqx.combine(batched, rest)` rebuilds it."""
     return eqx.partition(tree, _batched_spec(tree))
-
-
-def positive_int(value: Any, what: str, op: str) -> int:
-    """`value` as an `int` if it is a positive integer (Python or NumPy, not `bool`).
-
-    **Raises:** `TypeError` for a non-integer, `ValueError` for one below 1."""
-    if isinstance(value, (bool, np.bool_)):
-        value = None
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{op}`: `{what}` must be a positive integer, but got "
-            f"{type(value).__name__} {value!r}."
-        ) from None
-    if number < 1:
-        raise ValueError(
-            f"`{op}`: `{what}` must be a positive integer, but got {number}."
-        )
-    return number
 
 
 # ------------------------------------------------------------------- the record

@@ -7,13 +7,13 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
+from ._checks import positive_int
 from ._collective import Call, call_all, check_key
 from ._ensemble import (
     _outer_size,
     _recorded,
     as_ensemble,
     place,
-    positive_int,
     record,
     split_members,
 )

@@ -42,7 +42,8 @@ def test_stateless_printing_and_key_argument():
     assert repr(nn.GELU(approximate=True)) == "GELU(approximate=True)"
     assert repr(nn.ReLU()) == "ReLU()"
     for layer in (nn.ReLU(), nn.GELU()):
-        assert not hasattr(layer, "init_state")
+        assert layer.init_state(batch_size=2) is layer
+        assert layer.reset_state() is layer
         assert ec.init_all_states(layer, batch_size=2) == layer
         np.testing.assert_array_equal(
             layer(jnp.ones(3), key=jax.random.key(0)), layer(jnp.ones(3))

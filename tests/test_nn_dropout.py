@@ -69,6 +69,17 @@ def test_keeps_the_unit_and_works_under_jit():
 
 def test_no_hidden_state():
     d = nn.Dropout(0.5)
-    assert not hasattr(d, "init_state")
+    assert d.init_state(batch_size=3) is d and d.reset_state() is d
     assert ec.init_all_states(d, batch_size=3) == d
     assert repr(nn.Dropout(prob=0.1)) == "Dropout(prob=0.1)"
+
+
+def test_probability_is_a_static_python_float():
+    d = nn.Dropout(np.float32(0.25))
+    assert type(d.prob) is float and d.prob == 0.25
+    assert nn.Dropout(jnp.asarray(0.5)).prob == 0.5
+    assert jax.tree_util.tree_leaves(d) == [False]  # only `inference`, no array
+    with pytest.raises(TypeError, match="number `prob`"):
+        nn.Dropout(True)
+    with pytest.raises(TypeError, match="number `prob`"):
+        nn.Dropout(jnp.asarray([0.1, 0.2]))

@@ -99,7 +99,8 @@ def test_print(key):
 
 def test_no_hidden_state_so_collective_ops_leave_it_alone(key):
     layer = nn.Linear(4, 3, key=key)
-    assert not hasattr(layer, "init_state") and not hasattr(layer, "reset_state")
+    assert layer.init_state(4, key=key) is layer and layer.reset_state() is layer
+    assert_trees_equal(ec.call_all_fns(layer, "init_state", kwargs={"a": 1}), layer)
     assert_trees_equal(ec.init_all_states(layer, batch_size=4, key=key), layer)
     assert_trees_equal(ec.reset_all_states(layer), layer)
 

@@ -137,14 +137,17 @@ def test_bad_inputs(cls, key):
         cell(jnp.ones((2, 4)))
     with pytest.raises(ValueError, match=r"batch shape \(7,\)"):
         cell(jnp.ones((7, 3)))
-    with pytest.raises(ValueError, match="positive `num_in`"):
+    with pytest.raises(ValueError, match="positive integer `num_in`"):
         cls(0, 5, key=key)
-    with pytest.raises(ValueError, match="positive `num_out`"):
+    with pytest.raises(ValueError, match="positive integer `num_out`"):
         cls(3, -1, key=key)
-    with pytest.raises(ValueError, match="positive `batch_size`"):
+    with pytest.raises(ValueError, match="positive integer `batch_size`"):
         cell.init_state(0)
-    with pytest.raises(TypeError, match="int `batch_size`"):
+    with pytest.raises(TypeError, match="positive integer `batch_size`"):
         cell.init_state(2.0)
+    with pytest.raises(TypeError, match="positive integer `batch_size`"):
+        cell.init_state(True)
+    assert cell.init_state(np.int64(4)).h.value.shape[:-1] == (4,)
 
 
 def test_activation(getkey):
@@ -297,3 +300,48 @@ def test_each_cell_gets_its_own_key_from_init_all_states(key):
         nn.Sequential(nn.ReLU(), cell), node_to_exclude=nn.RNNCell, key=key
     )
     assert skipped[1].h is None
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=_names)
+def test_sizes_positional_the_rest_keyword_only(cls, key):
+    cell = cls(3, 5, key=key)
+    assert (cell.num_in, cell.num_out) == (3, 5)
+    with pytest.raises(TypeError):
+        cls(3, 5, nn.ZeroInit(), key=key)
+
+
+def test_single_state_cells_share_one_base():
+    base = nn.ValinaRNNCell.__mro__[1]
+    assert base is nn.GRUCell.__mro__[1] and base is not nn.RNNCell
+    assert issubclass(base, nn.RNNCell) and not issubclass(nn.LSTMCell, base)
+    for cls in CELLS:
+        assert "_step" not in vars(nn.RNNCell)
+        assert ("init_state" in vars(cls)) == (cls is nn.LSTMCell)
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=_names)
+def test_state_init_is_static_and_hashable(cls, key):
+    cell = cls(3, 5, state_init=nn.Normal(0.0, 0.5), key=key)
+    assert nn.Normal(0.0, 0.5) not in jax.tree_util.tree_leaves(cell)
+    # Members built separately have equal structures (a stackable ensemble).
+    other = cls(3, 5, state_init=nn.Normal(np.float32(0.0), jnp.asarray(0.5)), key=key)
+    assert jax.tree.structure(cell) == jax.tree.structure(other)
+    members = [
+        cls(3, 5, state_init=nn.Normal(0.0, 0.5), key=k)
+        for k in jax.random.split(key, 3)
+    ]
+    ensemble = ec.stack(members)
+    assert ec.ensemble_size(ensemble) == 3
+    ready = eqx.filter_jit(lambda c, k: c.init_state(2, key=k))(cell, key)
+    assert ready.h.value.shape == (2, 5)
+
+
+def test_an_array_state_init_is_a_constant(key):
+    cell = nn.ValinaRNNCell(2, 3, state_init=jnp.asarray([1.0, 2.0, 3.0]), key=key)
+    assert isinstance(cell.state_init, nn.Constant)
+    np.testing.assert_array_equal(cell.init_state(2).h.value, [[1, 2, 3]] * 2)
+
+
+def test_an_unhashable_state_init_is_refused(key):
+    with pytest.raises(TypeError, match="must be hashable"):
+        nn.ValinaRNNCell(2, 3, state_init=nn.Normal(jnp.zeros(3)), key=key)

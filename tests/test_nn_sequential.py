@@ -116,7 +116,7 @@ def test_empty_sequential_is_the_identity():
 
 def test_no_hidden_state_and_printing(key):
     seq = _stack(key)
-    assert not hasattr(seq, "init_state") and not hasattr(seq, "reset_state")
+    assert seq.init_state(batch_size=2) is seq and seq.reset_state() is seq
     text = eqx.tree_pformat(seq)
     assert text.startswith("Sequential(\n  layers=(")
     assert "ParamState(value={'bias': f32[32], 'weight': f32[10,32]})" in text

@@ -5,12 +5,14 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
+from ._layer import Layer
 
-class ReLU(eqx.Module):
+
+class ReLU(Layer):
     """The rectified linear unit `max(x, 0)` as a layer (brainstate's `ReLU`).
 
-    Stateless: no `init_state` / `reset_state`. A `brainunit.Quantity` input keeps its
-    unit (the operation is unit-correct).
+    Stateless: its `init_state` / `reset_state` return it unchanged. A
+    `brainunit.Quantity` input keeps its unit (the operation is unit-correct).
 
     **Arguments:** none.
 
@@ -34,11 +36,12 @@ class ReLU(eqx.Module):
         return jax.nn.relu(x)
 
 
-class GELU(eqx.Module):
+class GELU(Layer):
     """The Gaussian error linear unit as a layer (brainstate's `GELU`).
 
-    Stateless: no `init_state` / `reset_state`. The input must be a plain array (or a
-    dimensionless `Quantity`): GELU of a physical quantity has no meaning.
+    Stateless: its `init_state` / `reset_state` return it unchanged. The input must be
+    a plain array (or a dimensionless `Quantity`): GELU of a physical quantity has no
+    meaning.
 
     **Arguments:**
 

@@ -1,5 +1,7 @@
 """`Dropout`, with the random key given at call time."""
 
+from typing import Any
+
 import brainunit as u
 import equinox as eqx
 import jax
@@ -7,8 +9,34 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
+from .._checks import describe
+from ._layer import Layer
 
-class Dropout(eqx.Module):
+
+def _probability(prob: Any) -> float:
+    """`prob` as a Python `float` in `[0, 1)`."""
+    if isinstance(prob, (bool, np.bool_)):
+        number = None
+    else:
+        try:
+            number = float(np.asarray(prob)) if np.ndim(prob) == 0 else None
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+            number = None
+    if number is None:
+        raise TypeError(
+            f"`Dropout` takes a number `prob`, but got {describe(prob)}. (It is a "
+            "static field, as in `eqx.nn.Dropout`, so it cannot be traced.)"
+        )
+    if not 0.0 <= number < 1.0:
+        raise ValueError(
+            f"`Dropout` needs a drop probability `prob` in [0, 1), but got {prob!r}. "
+            "(`prob` is the probability of zeroing an element; use `prob=0.0` or "
+            "`inference=True` to disable dropout.)"
+        )
+    return number
+
+
+class Dropout(Layer):
     """Zeroes each element with probability `prob` and scales the others by
     `1 / (1 - prob)`, so the expected output equals the input.
 
@@ -16,16 +44,19 @@ class Dropout(eqx.Module):
     and PyTorch, and as the tutorial's `Dropout(prob=0.1)` means; brainstate's own
     `Dropout` takes the probability of *keeping* it.
 
-    Stateless: no `init_state` / `reset_state`; the randomness comes from the `key`
-    passed at call time. `inference` is an ordinary field, so
-    `eqx.nn.inference_mode(model)` switches every `Dropout` of a model off.
+    Stateless: its `init_state` / `reset_state` return it unchanged; the randomness
+    comes from the `key` passed at call time. `prob` is a static field (a Python
+    `float`, as `eqx.nn.Dropout.p`), so it is never mistaken for a parameter.
+    `inference` is an ordinary field, so `eqx.nn.inference_mode(model)` switches every
+    `Dropout` of a model off.
 
     **Arguments:**
 
-    - `prob`: the drop probability, in `[0, 1)` (default `0.5`).
+    - `prob`: the drop probability, a number in `[0, 1)` (default `0.5`).
     - `inference`: if `True`, the layer is the identity (default `False`).
 
-    **Raises:** `ValueError` for `prob` outside `[0, 1)`.
+    **Raises:** `TypeError` for a `prob` that is not a number; `ValueError` for one
+    outside `[0, 1)`.
 
     !!! Example
 
@@ -36,25 +67,8 @@ class Dropout(eqx.Module):
         ```
     """
 
-    prob: float = 0.5
+    prob: float = eqx.field(default=0.5, static=True, converter=_probability)
     inference: bool = False
-
-    def __check_init__(self):
-        if isinstance(self.prob, jax.core.Tracer):
-            return  # a traced probability (inside a transform): nothing to check
-        try:
-            prob = float(np.asarray(self.prob))
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"`Dropout` takes a number `prob`, but got {type(self.prob).__name__} "
-                f"{self.prob!r}."
-            ) from None
-        if not 0.0 <= prob < 1.0:
-            raise ValueError(
-                f"`Dropout` needs a drop probability `prob` in [0, 1), but got "
-                f"{self.prob!r}. (`prob` is the probability of zeroing an element; "
-                "use `prob=0.0` or `inference=True` to disable dropout.)"
-            )
 
     def __call__(
         self, x: ArrayLike | u.Quantity, *, key: PRNGKeyArray | None = None
@@ -72,7 +86,7 @@ class Dropout(eqx.Module):
         """
         if isinstance(self.inference, bool) and self.inference:
             return x
-        if isinstance(self.prob, (int, float)) and self.prob == 0:
+        if self.prob == 0:
             return x
         if key is None:
             raise ValueError(
@@ -81,7 +95,7 @@ class Dropout(eqx.Module):
                 "`key` among its layers), or switch it off with `inference=True` / "
                 "`eqx.nn.inference_mode(model)`."
             )
-        keep = 1.0 - jnp.asarray(self.prob, u.math.get_dtype(x))
+        keep = 1.0 - self.prob
         mask = jax.random.bernoulli(key, keep, jnp.shape(x))
         scale = jnp.where(mask, 1.0 / keep, 0.0).astype(u.math.get_dtype(x))
         if isinstance(self.inference, bool):

@@ -1,8 +1,6 @@
 """`Linear`: a dense layer holding one `ParamState` with `{'weight', 'bias'}`."""
 
-import operator
 from collections.abc import Callable
-from typing import Any
 
 import brainunit as u
 import equinox as eqx
@@ -11,76 +9,23 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
 from .._state import ParamState
-from ._init import KaimingNormal, ZeroInit
+from ._initialisers import KaimingNormal, ZERO_INIT
+from ._layer import Layer
+from ._values import as_size, make_value
 
 
-# The default initialisers: immutable, so safe to share.
-_KAIMING_NORMAL = KaimingNormal()
-_ZERO_INIT = ZeroInit()
+_KAIMING_NORMAL = KaimingNormal()  # immutable, so safe to share
 
 
-def positive_int(value: Any, what: str, owner: str, example: str) -> int:
-    """`value` as an `int`, checked to be positive (a bool is not an int here)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{owner}` takes an int `{what}` ({example}), but got "
-            f"{type(value).__name__} {value!r}."
-        ) from None
-    if number <= 0:
-        raise ValueError(
-            f"`{owner}` needs a positive `{what}` ({example}), but got {value!r}."
-        )
-    return number
-
-
-def as_size(size: Any, what: str, owner: str) -> tuple[int]:
-    """Normalises a layer size given as a positive `int` or a 1-tuple to a 1-tuple."""
-    value = size
-    if isinstance(value, (tuple, list)):
-        if len(value) != 1:
-            raise ValueError(
-                f"`{owner}` takes `{what}` as an int or a 1-tuple such as `(16,)`, but "
-                f"got {size!r}."
-            )
-        (value,) = value
-    return (positive_int(value, what, owner, "the number of features, e.g. `16`"),)
-
-
-def make_value(
-    init: Callable | ArrayLike | u.Quantity,
-    shape: tuple[int, ...],
-    key: PRNGKeyArray | None,
-    dtype: DTypeLike | None,
-    what: str,
-) -> Array | u.Quantity:
-    """`init(shape, key=key, dtype=dtype)` for a callable `init`, else `init` itself as
-    an array (or `Quantity`) of exactly `shape`."""
-    if callable(init):
-        value = init(shape, key=key, dtype=dtype)
-    elif isinstance(init, u.Quantity):
-        value = init if dtype is None else init.astype(dtype)
-    else:
-        value = jnp.asarray(init, dtype)
-    if tuple(jnp.shape(value)) != tuple(shape):
-        raise ValueError(
-            f"The {what} must have shape {tuple(shape)}, but the initialiser gave "
-            f"shape {tuple(jnp.shape(value))}."
-        )
-    return value
-
-
-class Linear(eqx.Module):
+class Linear(Layer):
     """A dense layer `y = x @ W + b` (brainstate's `Linear`).
 
     Its parameters live in **one** [`eqx_collective.ParamState`][] `weight`, whose
     value is the dict `{'bias': (out,), 'weight': (in, out)}` (no `'bias'` key when
     `b_init=None`), so the leaf-level paths are `(..., 'weight', 'weight')` and
-    `(..., 'weight', 'bias')` as in brainstate. The layer has no hidden state, hence no
-    `init_state` / `reset_state`: collective initialisation skips it.
+    `(..., 'weight', 'bias')` as in brainstate. The layer has no hidden state: its
+    `init_state` / `reset_state` return it unchanged (see
+    [`eqx_collective.nn.Layer`][]).
 
     The maths is unit-correct: with `brainunit` initialisers (`w_init=Normal(unit=...)`)
     or a `Quantity` input, the units multiply through `brainunit.math.matmul`, and the
@@ -100,7 +45,8 @@ class Linear(eqx.Module):
 
     The sizes are kept as 1-tuples in the static fields `in_size` and `out_size`.
 
-    **Raises:** `ValueError` for a size that is not positive or not a 1-tuple.
+    **Raises:** `TypeError` for a size that is not an integer; `ValueError` for one that
+    is not positive or a sequence that is not a 1-tuple.
 
     !!! Example
 
@@ -123,13 +69,13 @@ class Linear(eqx.Module):
         in_size: int | tuple[int],
         out_size: int | tuple[int],
         w_init: Callable | ArrayLike | None = _KAIMING_NORMAL,
-        b_init: Callable | ArrayLike | None = _ZERO_INIT,
+        b_init: Callable | ArrayLike | None = ZERO_INIT,
         *,
         key: PRNGKeyArray | None,
         dtype: DTypeLike | None = None,
     ):
-        self.in_size = as_size(in_size, "in_size", "Linear")
-        self.out_size = as_size(out_size, "out_size", "Linear")
+        self.in_size = (as_size(in_size, "in_size", "Linear"),)
+        self.out_size = (as_size(out_size, "out_size", "Linear"),)
         if w_init is None:
             raise ValueError(
                 "`Linear` needs a weight initialiser `w_init` (only `b_init` may be "

@@ -1,5 +1,4 @@
-"""`StatefulLayer` (the marker of layers whose forward call updates them) and
-`Sequential`."""
+"""`Sequential`: layers applied one after the other."""
 
 import inspect
 from collections.abc import Callable, Iterator
@@ -9,44 +8,7 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-
-class StatefulLayer(eqx.Module):
-    """Marker base class of the layers whose forward call updates the layer itself
-    (recurrent cells, layers holding buffers). It mirrors `eqx.nn.StatefulLayer`.
-
-    **The stateful call convention.** Modules are immutable, so a stateful layer
-    cannot change its hidden state in place. Instead its forward call returns the
-    output *and* the updated layer:
-
-    ```python
-    output, layer = layer(x)  # `layer.h` now holds the new hidden state
-    ```
-
-    A subclass may override `is_stateful()` to decide per instance (as
-    [`eqx_collective.nn.Sequential`][] does: it is stateful iff one of its layers is).
-    [`eqx_collective.nn.Sequential`][] uses `is_stateful()` to know which layers return
-    `(output, updated_layer)`.
-
-    !!! Example
-
-        ```python
-        class Counter(StatefulLayer):
-            count: jax.Array
-
-            def __call__(self, x, *, key=None):
-                return x, eqx.tree_at(lambda c: c.count, self, self.count + 1)
-        ```
-    """
-
-    def is_stateful(self) -> bool:
-        """Whether the forward call returns `(output, updated_layer)`; `True` here."""
-        return True
-
-
-def is_stateful(layer: Any) -> bool:
-    """Whether `layer` follows the stateful call convention (see
-    [`eqx_collective.nn.StatefulLayer`][])."""
-    return isinstance(layer, StatefulLayer) and layer.is_stateful()
+from ._layer import is_stateful, StatefulLayer
 
 
 def _call(i: int, layer: Callable, x: Any, kwargs: dict) -> Any:
@@ -83,8 +45,8 @@ class Sequential(StatefulLayer):
     The layers are kept in the tuple field `layers`, so their paths are
     `('layers', 0)`, `('layers', 1)`, ...; `seq[i]`, `len(seq)` and iteration work,
     and `seq[i:j]` is a `Sequential` of those layers. `Sequential` has no hidden state
-    of its own (no `init_state` / `reset_state`); collective operations reach its
-    layers.
+    of its own (its `init_state` / `reset_state` return it unchanged); collective
+    operations reach its layers.
 
     **Calling convention** (that of `eqx.nn.Sequential`): a layer is *stateful* if it
     is an [`eqx_collective.nn.StatefulLayer`][] whose `is_stateful()` is true; it is
@@ -98,6 +60,13 @@ class Sequential(StatefulLayer):
     Which of the two is decided by the layers' types, never by values, so it is fixed
     under `jax.jit`. The `key` is split among the layers whose `__call__` takes a `key`
     argument (all of this library's layers do); with `key=None` they get `key=None`.
+
+    **Not Equinox's `eqx.nn.Sequential`**, though the name and the indexing are the
+    same: Equinox's takes its stateful layers' state as an argument
+    (`y, state = seq(x, state, key=key)`, with an `eqx.nn.State`) and splits `key`
+    among *all* layers; this one keeps the state inside the layers, returns the
+    updated `Sequential` (only when a layer is stateful) and splits `key` among the
+    layers that take one. Unlike brainstate's, calling it changes nothing in place.
 
     **Arguments:**
 

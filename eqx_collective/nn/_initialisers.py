@@ -1,8 +1,15 @@
 """Unit-aware initialisers: `ZeroInit`, `Constant`, `Normal`, `Uniform`,
-`TruncatedNormal`, the variance-scaling family and `Orthogonal`."""
+`TruncatedNormal`, the variance-scaling family and `Orthogonal`.
+
+The random draws are `jax.nn.initializers`' own (variance scaling, truncated normal,
+orthogonal) or `jax.random`'s; what this module adds is the checking of arguments, the
+`brainunit` unit and a readable repr. Initialisers are hashable when their parameters
+are numbers, so that layers can keep them in static fields (out of the model's
+pytree: a collective call never visits them and they are never mistaken for
+parameters).
+"""
 
 import abc
-import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -15,17 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
+from ._plain_methods import PlainPrivateMethods
+from ._values import attach_unit, default_float_dtype
+
 
 Shape = int | Sequence[int]
 _MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 _DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
-# The standard deviation of a standard normal truncated to [-2, 2].
-_TRUNCATED_STD = 0.87962566103423978
-
-
-def default_float_dtype() -> Any:
-    """JAX's default floating dtype: `float32`, or `float64` with `jax_enable_x64`."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def as_shape(shape: Any, what: str = "shape") -> tuple[int, ...]:
@@ -48,19 +51,25 @@ def as_shape(shape: Any, what: str = "shape") -> tuple[int, ...]:
     return shape
 
 
-def attach_unit(value: Array, unit: u.Unit) -> Array | u.Quantity:
-    """`value` as a `brainunit.Quantity` in `unit`, or as a plain array when `unit` is
-    dimensionless (a scaled dimensionless unit is folded into the numbers)."""
-    if unit.is_unitless:
-        return value
-    return u.maybe_decimal(u.Quantity(value, unit=unit))
-
-
 def _is_concrete_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
 
 
-class Initialiser(eqx.Module):
+def _number(x: Any) -> Any:
+    """A concrete real scalar (Python, NumPy or a 0-d concrete array) as a Python
+    `float`, so that the initialiser stays hashable; anything else (a tracer, an
+    array) as it is."""
+    if isinstance(x, bool):
+        return x
+    if _is_concrete_number(x):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
+        if np.ndim(x) == 0 and np.issubdtype(x.dtype, np.number):
+            return float(x)
+    return x
+
+
+class Initialiser(PlainPrivateMethods):
     """Base class of the initialisers. An initialiser is an immutable `eqx.Module`
     called as `init(shape, *, key=None, dtype=None)`.
 
@@ -121,9 +130,7 @@ class Initialiser(eqx.Module):
                     f"`{name}` draws random floating-point numbers, so its `dtype` "
                     f"must be a floating dtype, but got {dtype}."
                 )
-        # `type(self)._generate(self, ...)`: reading a method of an Equinox module
-        # costs tens of µs (see `eqx_collective/_module.py`).
-        return attach_unit(type(self)._generate(self, shape, dtype, key), self.unit)
+        return attach_unit(self._generate(shape, dtype, key), self.unit)
 
     @abc.abstractmethod
     def _generate(
@@ -154,6 +161,21 @@ class ZeroInit(Initialiser):
         return jnp.zeros(shape, dtype)
 
 
+def _frozen(value: Any) -> Any:
+    """A concrete array as nested tuples of Python numbers (hashable), a scalar as a
+    Python number; anything else (a tracer) as it is."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return array.item()
+    return _tuples(array.tolist())
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(y) for y in x) if isinstance(x, list) else x
+
+
 class Constant(Initialiser):
     """Fills with a constant, broadcast to the shape.
 
@@ -161,8 +183,11 @@ class Constant(Initialiser):
 
     - `value`: a number or array broadcastable to the requested shape (default `1.0`).
         A `brainunit.Quantity` is converted to `unit` if `unit` is given, else keeps
-        its own unit.
+        its own unit. A concrete array is kept as nested tuples of numbers, so that
+        the initialiser stays hashable.
     - `unit`: the `brainunit` unit of the result (default unitless).
+
+    **Raises:** `ValueError` if a `Quantity` value cannot be expressed in `unit`.
 
     !!! Example
 
@@ -172,25 +197,26 @@ class Constant(Initialiser):
         ```
     """
 
-    value: ArrayLike | u.Quantity = 1.0
+    value: ArrayLike = 1.0
 
-    def __call__(self, shape, *, key=None, dtype=None):
-        if isinstance(self.value, u.Quantity) and self.unit.is_unitless:
-            unit = u.get_unit(self.value)
-            return dataclasses.replace(self, unit=unit)(shape, key=key, dtype=dtype)
-        return super().__call__(shape, key=key, dtype=dtype)
-
-    def _generate(self, shape, dtype, key):
-        value = self.value
+    def __init__(
+        self, value: ArrayLike | u.Quantity = 1.0, *, unit: u.Unit = u.UNITLESS
+    ):
         if isinstance(value, u.Quantity):
+            if isinstance(unit, u.Unit) and unit.is_unitless:
+                unit = value.unit
             try:
-                value = value.to_decimal(self.unit)
+                value = value.to_decimal(unit)
             except u.UnitMismatchError:
                 raise ValueError(
-                    f"`Constant`: the value {self.value} cannot be expressed in the "
-                    f"unit {self.unit}; pass a `unit` of the same dimension."
+                    f"`Constant`: the value {value} cannot be expressed in the unit "
+                    f"{unit}; pass a `unit` of the same dimension."
                 ) from None
-        value = jnp.asarray(value, dtype)
+        self.value = _frozen(value)
+        self.unit = unit
+
+    def _generate(self, shape, dtype, key):
+        value = jnp.asarray(self.value, dtype)
         if not jnp.ndim(value) <= len(shape) or (
             np.broadcast_shapes(jnp.shape(value), shape) != shape
         ):
@@ -217,8 +243,8 @@ class Normal(Initialiser):
         ```
     """
 
-    mean: ArrayLike = 0.0
-    scale: ArrayLike = 1.0
+    mean: ArrayLike = eqx.field(default=0.0, converter=_number)
+    scale: ArrayLike = eqx.field(default=1.0, converter=_number)
     is_random: ClassVar[bool] = True
 
     def __check_init__(self):
@@ -249,8 +275,8 @@ class Uniform(Initialiser):
         ```
     """
 
-    min_val: ArrayLike = 0.0
-    max_val: ArrayLike = 1.0
+    min_val: ArrayLike = eqx.field(default=0.0, converter=_number)
+    max_val: ArrayLike = eqx.field(default=1.0, converter=_number)
     is_random: ClassVar[bool] = True
 
     def __check_init__(self):
@@ -293,10 +319,10 @@ class TruncatedNormal(Initialiser):
         ```
     """
 
-    loc: ArrayLike = 0.0
-    scale: ArrayLike = 1.0
-    lower: ArrayLike = -2.0
-    upper: ArrayLike = 2.0
+    loc: ArrayLike = eqx.field(default=0.0, converter=_number)
+    scale: ArrayLike = eqx.field(default=1.0, converter=_number)
+    lower: ArrayLike = eqx.field(default=-2.0, converter=_number)
+    upper: ArrayLike = eqx.field(default=2.0, converter=_number)
     is_random: ClassVar[bool] = True
 
     def __check_init__(self):
@@ -315,14 +341,10 @@ class TruncatedNormal(Initialiser):
             )
 
     def _generate(self, shape, dtype, key):
-        sample = jax.random.truncated_normal(
-            key,
-            jnp.asarray(self.lower, dtype),
-            jnp.asarray(self.upper, dtype),
-            shape,
-            dtype,
+        init = jax.nn.initializers.truncated_normal(
+            self.scale, dtype, self.lower, self.upper
         )
-        return jnp.asarray(self.loc, dtype) + jnp.asarray(self.scale, dtype) * sample
+        return jnp.asarray(self.loc, dtype) + init(key, shape, dtype)
 
 
 def compute_fans(
@@ -405,23 +427,13 @@ class VarianceScaling(Initialiser):
             )
 
     def _generate(self, shape, dtype, key):
-        fan_in, fan_out = compute_fans(shape, self.in_axis, self.out_axis)
+        compute_fans(shape, self.in_axis, self.out_axis)  # checks the shape and axes
         if math.prod(shape) == 0:
             return jnp.zeros(shape, dtype)
-        denominator = {
-            "fan_in": fan_in,
-            "fan_out": fan_out,
-            "fan_avg": (fan_in + fan_out) / 2,
-            "fan_geo_avg": math.sqrt(fan_in * fan_out),
-        }[self.mode]
-        variance = jnp.asarray(self.scale / denominator, dtype)
-        if self.distribution == "truncated_normal":
-            std = jnp.sqrt(variance) / jnp.asarray(_TRUNCATED_STD, dtype)
-            return jax.random.truncated_normal(key, -2, 2, shape, dtype) * std
-        if self.distribution == "normal":
-            return jax.random.normal(key, shape, dtype) * jnp.sqrt(variance)
-        sample = jax.random.uniform(key, shape, dtype, -1, 1)
-        return sample * jnp.sqrt(3 * variance)
+        init = jax.nn.initializers.variance_scaling(
+            self.scale, self.mode, self.distribution, self.in_axis, self.out_axis
+        )
+        return init(key, shape, dtype)
 
 
 class KaimingUniform(VarianceScaling):
@@ -527,7 +539,7 @@ class Orthogonal(Initialiser):
         ```
     """
 
-    scale: ArrayLike = 1.0
+    scale: ArrayLike = eqx.field(default=1.0, converter=_number)
     column_axis: int = -1
     is_random: ClassVar[bool] = True
 
@@ -545,3 +557,7 @@ class Orthogonal(Initialiser):
             jnp.asarray(self.scale, dtype), self.column_axis
         )
         return init(key, shape, dtype)
+
+
+ZERO_INIT = ZeroInit()
+"""The shared default `ZeroInit()` of the layers (initialisers are immutable)."""

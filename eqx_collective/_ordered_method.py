@@ -1,0 +1,69 @@
+"""`OrderedMethod`: what `call_order` turns a method into, so that its level can be
+read from the class, from an instance and from the function alike."""
+
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+from equinox._module._prebuilt import BoundMethod
+
+
+_WRAPPER_NAMES = (
+    "__module__",
+    "__name__",
+    "__qualname__",
+    "__doc__",
+    "__annotations__",
+)
+
+
+class OrderedMethod:
+    """A function tagged with a `call_order` level; it behaves as the function.
+
+    Equinox hands out a module's methods as `eqx.Module` bound methods (pytrees), which
+    do not show the function's own attributes, so `module.init_state.call_order` would
+    be unreadable. An `OrderedMethod` binds instead to an
+    `OrderedBoundMethod`: the same pytree bound
+    method (usable with `jax.jit`), that also shows `call_order`, and costs a plain
+    attribute read (no `eqx.Module` construction).
+    """
+
+    def __init__(self, fn: Callable, level: int):
+        if isinstance(fn, OrderedMethod):  # decorated twice: the outer level wins
+            fn = fn.__wrapped__
+        functools.update_wrapper(self, fn)
+        fn.call_order = level  # also readable from the function (brainstate does so)
+        self.call_order = level
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if not isinstance(obj, eqx.Module):
+            return types.MethodType(self, obj)
+        bound = object.__new__(OrderedBoundMethod)
+        fields = object.__getattribute__(bound, "__dict__")
+        fn = self.__wrapped__
+        fields["__func__"] = fn
+        fields["__self__"] = obj
+        for name in _WRAPPER_NAMES:
+            if name in fn.__dict__ or hasattr(fn, name):
+                fields[name] = getattr(fn, name)
+        return bound
+
+    def __repr__(self) -> str:
+        return f"<call_order({self.call_order}) {self.__wrapped__!r}>"
+
+
+class OrderedBoundMethod(BoundMethod):
+    """Equinox's bound method (a pytree) of a method tagged by `call_order`, showing
+    its level as `call_order`."""
+
+    @property
+    def call_order(self) -> int:
+        """The method's `call_order` level."""
+        return self.__func__.call_order
