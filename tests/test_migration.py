@@ -456,3 +456,28 @@ def test_plain_equinox_modules_work(key):
         warnings.simplefilter("error")
         ens = ec.vmap_init_all_states(mlp, axis_size=2, key=key)
     assert ens.layers[0].weight.shape == (2, 4, 2)
+
+
+def test_an_ensemble_records_its_axes(key):
+    square = nn.Linear(4, 4, key=key)  # every array leads with 4
+    with pytest.raises(ValueError, match="not an ensemble"):
+        ec.vmap_reset_all_states(square)
+    cells = ec.make_ensemble(lambda k: nn.GRUCell(3, 4, key=k), key, 6)
+    grid = ec.vmap_init_all_states(cells, axis_size=2, key=key)
+    assert ec.ensemble_shape(grid) == (2, 6)
+    assert ec.ensemble_shape(ec.member(grid, 1)) == (6,)
+
+
+def test_every_array_counts(key):
+    mlp = eqx.nn.MLP(2, 2, 4, 1, key=key)
+    params, rest = ec.partition(mlp, ec.ParamState)
+    assert len(ec.leaf_values(params)) == 4 and ec.leaf_values(rest) == {}
+    snapshot = ec.leaf_values(mlp)
+    other = eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(1))
+    restored = ec.assign_state_values(other, snapshot, strict=True).model
+    assert all(
+        bool(jnp.all(a == b))
+        for a, b in zip(
+            jax.tree.leaves(restored), jax.tree.leaves(mlp), strict=True
+        )
+    )
