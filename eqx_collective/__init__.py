@@ -6,7 +6,11 @@ from ._assign import (
     assign_state_values as assign_state_values,
     AssignResult as AssignResult,
 )
-from ._checkpoint import load_states as load_states, save_states as save_states
+from ._checkpoint import (
+    load_states as load_states,
+    LoadResult as LoadResult,
+    save_states as save_states,
+)
 from ._collective import (
     call_all_fns as call_all_fns,
     call_order as call_order,
