@@ -246,9 +246,8 @@ def load_states(
             f"`load_states` cannot load {name}: {e}. Pass a file written by "
             f"`eqx_collective.save_states`."
         ) from None
-    return finish_load(
-        name, "load_states", model, values, records, strict=strict, rename=rename
-    )
+    values, records = renamed("load_states", name, values, records, rename)
+    return finish_load(name, "load_states", model, values, records, strict=strict)
 
 
 def _read(file: File) -> tuple[dict[Path, Any], dict[Path, dict]]:
@@ -326,7 +325,8 @@ def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
     )
 
 
-def _renamed(op, name, values, records, rename):
+def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | None):
+    """`values` and `records` keyed by the new paths that `rename` gives."""
     fn = _renamer(rename, op)
     new_values, new_records, origin = {}, {}, {}
     for path, value in values.items():
@@ -352,11 +352,9 @@ def finish_load(
     records: dict[Path, dict],
     *,
     strict: bool,
-    rename: Rename | None,
 ) -> LoadResult:
-    """Assigns the values read from a checkpoint to `model` and builds the report
-    (shared by `load_states` and `load_sharded`)."""
-    values, records = _renamed(op, name, values, records, rename)
+    """Assigns the values read from a checkpoint (keyed by their new paths) to `model`
+    and builds the report (shared by `load_states` and `load_sharded`)."""
     found = _states(model)
     _check_records(name, op, records, found)
     try:

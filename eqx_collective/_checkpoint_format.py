@@ -186,15 +186,13 @@ def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
     if rule is None:
         if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             return _key_to_stored(path, leaf, entry, host)
-        if not host and isinstance(leaf, jax.Array):
-            entry["dtype"] = np.dtype(leaf.dtype).name
-            return leaf, entry
-        leaf = np.asarray(leaf)
-        rule = _rule(path, leaf.dtype)
+        rule = _rule(
+            path, np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
+        )
     name, view = rule
     entry["dtype"] = name
-    if not host and isinstance(leaf, jax.Array):
-        return leaf, entry
+    if not host:  # orbax stores every dtype as it is
+        return (leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)), entry
     array = _contiguous(np.asarray(leaf))
     if view is None:
         return array, entry
@@ -439,6 +437,11 @@ def loads(text: Any) -> dict:
         metadata = json.loads(text)
     except ValueError as e:
         raise BadFile(f"its metadata is not valid JSON ({e})") from None
+    return check_metadata(metadata)
+
+
+def check_metadata(metadata: Any) -> dict:
+    """Checks parsed metadata (see `loads`)."""
     expect(isinstance(metadata, dict), "its metadata is not a JSON object")
     expect(
         metadata.get("format") == FORMAT,
