@@ -81,7 +81,7 @@ def path_of_name(name: str) -> Path:
     if name.startswith("["):
         try:
             path = json.loads(name)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadFile(f"the tensor name {name!r} is not a valid path") from None
         expect(is_json_path(path), f"the tensor name {name!r} is not a valid path")
         path = tuple(path)
@@ -435,7 +435,7 @@ def loads(text: Any) -> dict:
     expect(isinstance(text, str), f"it has no {METADATA_KEY!r} metadata")
     try:
         metadata = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # (a hostile text may nest deeply)
         raise BadFile(f"its metadata is not valid JSON ({e})") from None
     return check_metadata(metadata)
 

@@ -387,7 +387,9 @@ def test_saving_refuses_what_cannot_load(tmp):
         inside(jnp.zeros(2))
     with pytest.raises(ValueError, match="no array to save"):
         ec.save_states(tmp(), eqx.nn.Lambda(jax.nn.relu))
-    with pytest.raises(ValueError, match="no array to save in the model among the states"):
+    with pytest.raises(
+        ValueError, match="no array to save in the model among the states"
+    ):
         ec.save_states(tmp(), make_model(), "no such tag")
     assert not os.listdir(tmp().parent)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -605,8 +607,18 @@ def test_invalid_metadata_is_refused(tmp):
         refused(write(change), model, *fragments)
     fewer = {k: v for k, v in arrays.items() if k != "h"}
     refused(write(lambda m: None, fewer), model, "['h'] of its metadata are absent")
-    safetensors.numpy.save_file(arrays, tmp("nojson"), {"eqx_collective": "{not json"})
-    refused(tmp("nojson"), model, "not valid JSON")
+    for text in ("{not json", "[" * 100_000 + "]" * 100_000):
+        safetensors.numpy.save_file(arrays, tmp("nojson"), {"eqx_collective": text})
+        refused(tmp("nojson"), model, "not valid JSON")
+    # a tensor name that nests deeply
+    deep = "[" * 100_000 + "]" * 100_000
+    record = {
+        **good["states"][0],
+        "path": [],
+        "leaves": [{"name": deep, "dtype": "float32"}],
+    }
+    file = write(lambda m: m.update(states=[record]), {deep: np.zeros(1, np.float32)})
+    refused(file, model, "is not a valid path")
 
 
 def test_a_file_of_another_model(tmp):
