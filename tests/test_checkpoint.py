@@ -664,7 +664,7 @@ def test_shared_flags_and_ensemble_axes_must_agree(tmp):
 SHARDED = textwrap.dedent(
     """
     import os, sys, tempfile, time
-    import jax, numpy as np
+    import brainunit as u, equinox as eqx, jax, jax.numpy as jnp, numpy as np
     import eqx_collective as ec
     from eqx_collective import nn
 
@@ -696,13 +696,32 @@ SHARDED = textwrap.dedent(
         w2 = loaded2.layers[0].weight.value["weight"]
         assert w2.sharding == other.layers[0].weight.value["weight"].sharding
         assert np.array_equal(np.asarray(w2), np.asarray(w))
+        # typed PRNG keys and units, sharded too
+        class Agent(eqx.Module):
+            w: ec.ParamState
+            key: ec.State
+            v: ec.HiddenState
+
+        def agent(key):
+            k1, k2 = jax.random.split(key)
+            w = ec.ParamState(jax.random.normal(k1, (4,)))
+            return Agent(w, ec.State(k2), ec.HiddenState(jnp.ones(3) * u.mV))
+
+        agents = ec.shard_ensemble(ec.make_ensemble(agent, jax.random.key(2), 8), mesh)
+        fresh = ec.shard_ensemble(ec.make_ensemble(agent, jax.random.key(3), 8), mesh)
+        ec.save_sharded(path, agents)
+        got = ec.load_sharded(path, fresh).model
+        assert got.key.value.sharding == agents.key.value.sharding
+        data = jax.random.key_data
+        assert np.array_equal(data(got.key.value), data(agents.key.value))
+        assert got.v.value.unit == u.mV
         # refusals: another model's checkpoint, a non-checkpoint directory
         try:
-            ec.load_sharded(path, ec.make_ensemble(make, jax.random.key(1), 8))
+            ec.load_sharded(path, ec.make_ensemble(agent, jax.random.key(1), 4))
         except ValueError as e:
             assert "another model" in str(e), e
         else:
-            raise AssertionError("a checkpoint of 16 members loaded into 8")
+            raise AssertionError("a checkpoint of 8 members loaded into 4")
         try:
             ec.load_sharded(d, target)
         except FileNotFoundError as e:
