@@ -82,6 +82,15 @@ def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Save
     return saved
 
 
+def check_path(file: Any, op: str) -> None:
+    if not isinstance(file, (str, os.PathLike)):
+        raise TypeError(
+            f"`{op}` takes the path of the checkpoint (a `str` or `os.PathLike`), but "
+            f"got {type(file).__name__}. Checkpoints are files on disk (read "
+            f"memory-mapped); to keep one in memory, write it to a temporary file."
+        )
+
+
 def save_states(file: File, model: PyTree, *filters: Filter) -> None:
     """Saves the values of `model`'s states to a [safetensors](https://huggingface.co/docs/safetensors)
     file, which [`eqx_collective.load_states`][] reads back.
@@ -142,6 +151,7 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         model = ec.load_states("model.safetensors", model).model
         ```
     """
+    check_path(file, "save_states")
     saved = collect_states(model, filters, "save_states")
     specs = {
         name: TensorSpec(
@@ -227,6 +237,7 @@ def load_states(
         assert unexpected == missing == converted == []
         ```
     """
+    check_path(file, "load_states")
     name = repr(os.fspath(file))
     if not os.path.exists(file):
         raise FileNotFoundError(
@@ -356,7 +367,8 @@ def finish_load(
     """Assigns the values read from a checkpoint (keyed by their new paths) to `model`
     and builds the report (shared by `load_states` and `load_sharded`)."""
     found = _states(model)
-    _check_records(name, op, records, found)
+    owners = {p: _owner(p, found, len(r["path"])) for p, r in records.items()}
+    _check_records(name, op, records, owners)
     try:
         result = assign_state_values(model, values, strict=strict)
     except ValueError as e:
@@ -372,9 +384,6 @@ def finish_load(
             f"Check the file, pass `rename=` if the model was refactored, or assign a "
             f"subset with `assign_state_values`."
         )
-    leaves = {}  # the model's leaves, by leaf path, for the report
-    for path, state in found.items():
-        leaves.update(iter_value_leaves(path, state.value))
     missing = []
     for path in result.missing:
         if path in found:  # a whole state: its leaves
@@ -384,13 +393,46 @@ def finish_load(
     converted = [
         path
         for path, value in values.items()
-        if path in leaves and _converted(leaves[path], value)
+        if owners[path] is not None and _converted(_leaf_at(path, *owners[path]), value)
     ]
     return LoadResult(result.model, list(result.unexpected), missing, converted)
 
 
+def _owner(
+    path: Path, found: Mapping[Path, State], hint: int
+) -> tuple[Path, State] | None:
+    """The state of the model that holds the leaf at `path`, if any (`hint`: the
+    length of the saved state path, usually the right one)."""
+    state = found.get(path[:hint])
+    if state is not None:
+        return path[:hint], state
+    for n in range(len(path), -1, -1):
+        state = found.get(path[:n])
+        if state is not None:
+            return path[:n], state
+    return None
+
+
+_ABSENT = object()
+
+
+def _leaf_at(path: Path, state_path: Path, state: State) -> Any:
+    """The leaf of `state` (at `state_path`) at the leaf-level `path`, or `_ABSENT`."""
+    x = state.value
+    for k in path[len(state_path) :]:
+        if type(x) is dict:
+            x = x.get(k, _ABSENT)
+        elif type(x) in (list, tuple) and type(k) is int and 0 <= k < len(x):
+            x = x[k]
+        else:  # another container: look it up the general way
+            return dict(iter_value_leaves(state_path, state.value)).get(path, _ABSENT)
+    return x
+
+
 def _converted(old: Any, new: Any) -> bool:
     """Whether assigning `new` in place of `old` converted it (dtype, unit, kind)."""
+    if old is _ABSENT:
+        return False
     if isinstance(old, u.Quantity) or isinstance(new, u.Quantity):
         if not (isinstance(old, u.Quantity) and isinstance(new, u.Quantity)):
             return True
@@ -402,30 +444,21 @@ def _converted(old: Any, new: Any) -> bool:
     return getattr(old, "dtype", None) != getattr(new, "dtype", None)
 
 
-def _owner(path: Path, found: Mapping[Path, State]) -> tuple[Path, State] | None:
-    """The state of the model that holds the leaf at `path`, if any."""
-    for n in range(len(path), -1, -1):
-        state = found.get(path[:n])
-        if state is not None:
-            return path[:n], state
-    return None
-
-
-def _check_records(name, op, records: dict[Path, dict], found) -> None:
+def _check_records(name, op, records: dict[Path, dict], owners: dict) -> None:
     """Refuses a file whose states were shared (or had other ensemble axes) where the
     model's are not, naming each such state."""
-    wrong = {}
+    wrong, seen = {}, set()
     for path, record in records.items():
-        owner = _owner(path, found)
-        if owner is None or owner[0] in wrong:
+        owner = owners[path]
+        if owner is None or (id(record), owner[0]) in seen:
             continue
+        seen.add((id(record), owner[0]))
         state = owner[1]
         ensemble = list(getattr(state, "ensemble_shape", ()))
         if record["shared"] != is_shared(state):
             saved = "shared" if record["shared"] else "batched"
-            wrong[owner[0]] = (
-                f"saved {saved}, {'batched' if record['shared'] else 'shared'} in the model"
-            )
+            other = "batched" if record["shared"] else "shared"
+            wrong[owner[0]] = f"saved {saved}, {other} in the model"
         elif record["ensemble_shape"] != ensemble:
             wrong[owner[0]] = (
                 f"saved with ensemble axes {tuple(record['ensemble_shape'])}, "

@@ -9,7 +9,15 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _checkpoint_format as fmt
-from ._checkpoint import collect_states, File, finish_load, LoadResult, Rename, renamed
+from ._checkpoint import (
+    check_path,
+    collect_states,
+    File,
+    finish_load,
+    LoadResult,
+    Rename,
+    renamed,
+)
 from ._filters import Filter
 from ._paths import iter_value_leaves, Path
 from ._views import states as _states
@@ -57,6 +65,7 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
         ensemble = ec.load_sharded("/checkpoints/step_100", ensemble).model
         ```
     """
+    check_path(directory, "save_sharded")
     ocp = _orbax("save_sharded")
     saved = collect_states(model, filters, "save_sharded", host=False)
     metadata = dict(saved.metadata)
@@ -110,6 +119,7 @@ def load_sharded(
     **Raises:** as [`eqx_collective.load_states`][]; `FileNotFoundError` if
     `directory` is not a checkpoint directory; `ImportError` without orbax.
     """
+    check_path(directory, "load_sharded")
     ocp = _orbax("load_sharded")
     name = repr(os.fspath(directory))
     parts = [os.path.join(directory, part) for part in ("arrays", "metadata")]

@@ -2,6 +2,7 @@
 `load_sharded` (orbax): round trips, the format, renaming, and refusals."""
 
 import gc
+import io
 import json
 import os
 import pickle
@@ -464,6 +465,13 @@ def raw_file(file, header, data=b"", length=None):
     size = len(text) if length is None else length
     file.write_bytes(struct.pack("<Q", size) + text + data)
     return file
+
+
+def test_checkpoints_are_paths():
+    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
+        ec.save_states(io.BytesIO(), make_model())
+    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
+        ec.load_states(io.BytesIO(), make_model())
 
 
 def test_missing_file_and_directory(tmp):
