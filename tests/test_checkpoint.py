@@ -723,6 +723,12 @@ SHARDED = textwrap.dedent(
         data = jax.random.key_data
         assert np.array_equal(data(got.key.value), data(agents.key.value))
         assert got.v.value.unit == u.mV
+        # `load_states` (one file) also returns a sharded model sharded the same way
+        file = os.path.join(d, "agents.safetensors")
+        ec.save_states(file, agents)
+        got = ec.load_states(file, fresh).model
+        assert got.w.value.sharding == fresh.w.value.sharding
+        assert np.array_equal(np.asarray(got.w.value), np.asarray(agents.w.value))
         # refusals: another model's checkpoint, a non-checkpoint directory
         try:
             ec.load_sharded(path, ec.make_ensemble(agent, jax.random.key(1), 4))
