@@ -286,16 +286,6 @@ def dtype_name(dtype: np.dtype) -> str:
 _NAMES: dict[np.dtype, str] = {}
 
 
-def host_dtype(entry: dict) -> np.dtype | None:
-    """The NumPy dtype of the leaf of `entry` (`None` for a PRNG key)."""
-    dtype = entry["dtype"]
-    if dtype == "key":
-        return None
-    if dtype == "complex128":
-        return _COMPLEX128
-    return _BYTE_VIEWS.get(dtype) or _NATIVE[dtype]
-
-
 # ----------------------------------------------------------------------------- units
 
 
