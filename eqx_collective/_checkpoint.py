@@ -69,6 +69,10 @@ _CODES = {  # safetensors' dtype codes of the stored dtypes
 }
 
 
+# the safetensors code each dtype of the metadata is stored as
+_STORED_AS = {d: _CODES[fmt.storage_dtype({"dtype": d}).name] for d in fmt.KNOWN_DTYPES}
+
+
 def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Saved:
     """The stored form of `model`'s states; a `ValueError` if there is nothing to save."""
     saved = fmt.collect(list(_states(model, *filters).items()), **kwargs)
@@ -278,12 +282,11 @@ def _read(file: File) -> tuple[dict[Path, Any], dict[Path, dict]]:
             fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
             fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
             for name, (entry, _) in entries.items():
-                stored = fmt.storage_dtype(entry)
                 code = f.get_slice(name).get_dtype()
-                if code != _CODES[stored.name]:
+                if code != _STORED_AS[entry["dtype"]]:
                     raise fmt.BadFile(
                         f"the tensor {name!r} is stored as {code}, but its metadata "
-                        f"says {entry['dtype']} (stored as {_CODES[stored.name]})"
+                        f"says {entry['dtype']} (stored as {_STORED_AS[entry['dtype']]})"
                     )
             tensors = f.get_tensors()  # every dtype code checked above
             read = [fmt.from_stored(tensors[n], e) for n, (e, _) in entries.items()]
