@@ -413,7 +413,9 @@ def _to_devices(values: dict[Path, Any], owners: dict) -> dict[Path, Any]:
     if not moved:
         return values
     out = dict(values)
-    arrays = jax.device_put([base for _, base in moved], shardings)
+    bases = [base for _, base in moved]
+    placed = any(s is not None for s in shardings)
+    arrays = jax.device_put(bases, shardings) if placed else jax.device_put(bases)
     for (path, _), array in zip(moved, arrays, strict=True):
         value = values[path]
         is_quantity = isinstance(value, u.Quantity)
