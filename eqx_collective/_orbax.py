@@ -143,9 +143,10 @@ def load_sharded(
         records = {e["path"]: r for e, r in entries}
         values, records = renamed("load_sharded", name, values, records, rename)
         targets = _target_leaves(model)
+        kept = {i: path for path, i in values.items()}  # (`rename` may drop some)
         restore_args = {
-            str(i): _restore_arg(ocp, targets.get(path), stored[i])
-            for path, i in values.items()
+            str(i): _restore_arg(ocp, targets.get(kept.get(i)), stored[i])
+            for i in range(len(entries))
         }
         args = ocp.args.Composite(
             arrays=ocp.args.PyTreeRestore(restore_args=restore_args)

@@ -723,6 +723,9 @@ SHARDED = textwrap.dedent(
         data = jax.random.key_data
         assert np.array_equal(data(got.key.value), data(agents.key.value))
         assert got.v.value.unit == u.mV
+        # `rename` works here too, and may leave leaves out
+        drop = ec.load_sharded(path, fresh, rename=lambda p: None if p == ("v",) else p)
+        assert drop.missing == [("v",)] and drop.unexpected == []
         # `load_states` (one file) also returns a sharded model sharded the same way
         file = os.path.join(d, "agents.safetensors")
         ec.save_states(file, agents)
