@@ -122,6 +122,7 @@ def load_sharded(
     check_path(directory, "load_sharded")
     ocp = _orbax("load_sharded")
     name = repr(os.fspath(directory))
+    directory = os.path.abspath(os.fspath(directory))  # (orbax wants it absolute)
     parts = [os.path.join(directory, part) for part in ("arrays", "metadata")]
     if not all(os.path.isdir(part) for part in parts):
         raise FileNotFoundError(
