@@ -1,8 +1,9 @@
-"""Benchmark: restoring and persisting the states of a model with many states.
+"""Benchmark: restoring the states of a model with many states (checkpoint files are
+in `bench_checkpoint.py`).
 
-Times `eqx_collective.assign_state_values` (state-level and leaf-level snapshots),
-`eqx_collective.save_states` and `eqx_collective.load_states` on a model holding `N`
-`ParamState`s with `{'weight', 'bias'}` values (N = 400 by default), and, when
+Times `eqx_collective.assign_state_values` (state-level and leaf-level snapshots) on a
+model holding `N` `ParamState`s with `{'weight', 'bias'}` values (N = 400 by default),
+and, when
 brainstate is importable, brainstate's `assign_state_values` on an equivalent
 brainstate model in the same run. Times are medians of several repeats of
 `time.perf_counter`; `ratio` is brainstate's time divided by ours (higher is better
@@ -12,13 +13,9 @@ Run as `python benchmarks/bench_restore.py [--quick]` (`--quick`: tiny sizes, a 
 run for CI), or call `run(quick)` to get the rows.
 """
 
-import os
-import tempfile
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import eqx_collective as ec
 
@@ -163,31 +160,6 @@ def run(quick: bool = False) -> list[dict]:
         }
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        file = os.path.join(tmp, "states.npz")
-        rows.append(
-            {
-                "name": f"save_states ({n} states)",
-                "seconds": _median_time(lambda: ec.save_states(file, model), repeats),
-                "ratio": None,
-            }
-        )
-        rows.append(
-            {
-                "name": f"load_states ({n} states)",
-                "seconds": _median_time(
-                    lambda: check(ec.load_states(file, model)), repeats
-                ),
-                "ratio": None,
-            }
-        )
-        loaded = ec.load_states(file, model).model
-        assert all(
-            np.array_equal(a, b)
-            for a, b in zip(
-                jax.tree.leaves(loaded), jax.tree.leaves(model), strict=True
-            )
-        )
     for row in rows:
         row.setdefault("ratio", None)
     return rows

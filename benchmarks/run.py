@@ -9,7 +9,8 @@ Areas (one module each, every one exposing `run(quick) -> list[dict]`):
 `collective` (eager collective operations vs brainstate), `rollout` (a jitted RNN
 rollout vs hand-written JAX and brainstate), `dispatch` (per-call overhead of a jitted
 training step), `ensemble` (vmap_init_all_states and a vmapped ensemble forward vs a
-Python loop), `restore` (assign_state_values, save/load vs brainstate).
+Python loop), `restore` (assign_state_values vs brainstate), `checkpoint`
+(save_states/load_states vs Equinox's tree_serialise_leaves, orbax sharded save/load).
 
 Every ratio is *reference time / our time*, measured in the same run with interleaved
 repeats: > 1 means we are faster. brainstate is optional: without it, its columns say
@@ -31,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-AREAS = ("collective", "rollout", "dispatch", "ensemble", "restore")
+AREAS = ("collective", "rollout", "dispatch", "ensemble", "restore", "checkpoint")
 RESULTS = os.path.join(HERE, "RESULTS.md")
 
 # bench_restore.py's rows are `{'name', 'seconds', 'ratio'}` with ratio = brainstate /

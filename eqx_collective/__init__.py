@@ -6,7 +6,11 @@ from ._assign import (
     assign_state_values as assign_state_values,
     AssignResult as AssignResult,
 )
-from ._checkpoint import load_states as load_states, save_states as save_states
+from ._checkpoint import (
+    load_states as load_states,
+    LoadResult as LoadResult,
+    save_states as save_states,
+)
 from ._collective import (
     call_all_fns as call_all_fns,
     call_order as call_order,
@@ -35,6 +39,7 @@ from ._filters import (
     PathContains as PathContains,
     PathPrefix as PathPrefix,
 )
+from ._orbax import load_sharded as load_sharded, save_sharded as save_sharded
 from ._partition import combine as combine, partition as partition
 from ._paths import as_path as as_path, Path as Path, path_str as path_str
 from ._state import (

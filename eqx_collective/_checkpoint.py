@@ -1,183 +1,140 @@
-"""Persisting states: `save_states` and `load_states` (the format is described in
-`save_states`)."""
+"""Checkpoint files: `save_states` and `load_states` (safetensors), and the
+`LoadResult` that loads return."""
 
-import json
-import math
 import os
 import tempfile
-import zipfile
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import brainunit as u
 import jax
-import ml_dtypes
 import numpy as np
 from jaxtyping import PyTree
+from safetensors import safe_open, SafetensorError, serialize_file, TensorSpec
 
-from ._assign import assign_state_values, AssignResult
+from . import _checkpoint_format as fmt
+from ._assign import assign_state_values
 from ._filters import Filter
-from ._paths import iter_value_leaves, Path, path_repr, path_str
-from ._state import is_shared
+from ._paths import as_path, iter_value_leaves, Path, path_repr
+from ._state import is_shared, State
 from ._views import states as _states
 
 
-FORMAT = "eqx_collective.states"
-VERSION = 1
-METADATA_KEY = "__eqx_collective__"
+File = str | os.PathLike
+Rename = Mapping[Path | str, Path | str] | Callable[[Path], Path | str | None]
 
-# dtypes that `.npy` stores natively
-_NATIVE_DTYPES = {
-    np.dtype(name).name: np.dtype(name)
-    for name in (
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    )
+
+class LoadResult(NamedTuple):
+    """What [`eqx_collective.load_states`][] and [`eqx_collective.load_sharded`][]
+    return. A named tuple: take the fields by name (`result.model`), or the first three
+    as `model, unexpected, missing = load_states(...)[:3]`.
+
+    Every key is a *leaf-level* tuple path (`('layers', 0, 'weight', 'bias')`; for an
+    array- or `Quantity`-valued state, its own path), named as in the model (after
+    `rename`).
+
+    **Fields:**
+
+    - `model`: the model with the loaded values (the input model is left untouched).
+    - `unexpected`: the leaves of the file that match nothing in the model, in the
+        file's order.
+    - `missing`: the leaves of the model that the file does not hold (they keep their
+        values), in the model's order.
+    - `converted`: the loaded leaves whose value was converted to fit the model: a
+        safe dtype cast (`float16` into a `float32` state), a unit conversion (`volt`
+        into a `mV` state) or a Python scalar made an array.
+    """
+
+    model: PyTree
+    unexpected: list[Path]
+    missing: list[Path]
+    converted: list[Path]
+
+
+_CODES = {  # safetensors' dtype codes of the stored dtypes
+    "bool": "BOOL",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "bfloat16": "BF16",
+    "complex64": "C64",
 }
-# dtypes stored as a view of unsigned integers of the same width
-_VIEW_DTYPES = {
-    np.dtype(getattr(ml_dtypes, name)).name: np.dtype(getattr(ml_dtypes, name))
-    for name in (
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e4m3fnuz",
-        "float8_e4m3b11fnuz",
-        "float8_e5m2",
-        "float8_e5m2fnuz",
-        "int4",
-        "uint4",
-    )
-    if hasattr(ml_dtypes, name)
-}
-_UINT_OF_WIDTH = {1: np.dtype("uint8"), 2: np.dtype("uint16"), 4: np.dtype("uint32")}
-_PYTHON_SCALARS = {"bool": bool, "int": int, "float": float, "complex": complex}
-
-File = str | os.PathLike | BinaryIO
 
 
-def _file_name(file: File) -> str:
-    if isinstance(file, (str, os.PathLike)):
-        return repr(os.fspath(file))
-    return repr(getattr(file, "name", "<file object>"))
+# the safetensors code each dtype of the metadata is stored as
+_STORED_AS = {d: _CODES[fmt.storage_dtype({"dtype": d}).name] for d in fmt.KNOWN_DTYPES}
 
 
-# ---------------------------------------------------------------------------- saving
-
-
-def _unit_record(unit: u.Unit) -> dict:
-    parts = unit._display_parts  # no public accessor; needed to rebuild the name
-    return {
-        "repr": str(unit),
-        "dim": [float(x) for x in np.asarray(unit.dim._dims)],
-        "scale": unit.scale,
-        "base": float(unit.base),
-        "factor": float(unit.factor),
-        "name": unit.name,
-        "dispname": unit.dispname,
-        "is_fullname": bool(unit.is_fullname),
-        "display_parts": None
-        if parts is None
-        else [[str(n), str(d), float(e)] for n, d, e in parts],
-    }
-
-
-def _to_numpy(path: Path, leaf: Any) -> tuple[np.ndarray, dict]:
-    """One leaf as the array to store and its entry in the metadata (without names)."""
-    unit = None
-    python = None
-    if isinstance(leaf, u.Quantity):
-        unit = _unit_record(leaf.unit)
-        leaf = leaf.mantissa
-    if isinstance(leaf, jax.core.Tracer):
+def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Saved:
+    """The stored form of `model`'s states; a `ValueError` if there is nothing to save."""
+    saved = fmt.collect(list(_states(model, *filters).items()), **kwargs)
+    if not saved.arrays:
         raise ValueError(
-            f"`save_states` got a traced value at {path_repr(path)}: it writes concrete "
-            f"arrays to disk, so call it outside `jax.jit` / `eqx.filter_jit`."
+            f"`{op}` found no array to save in the model"
+            + (" among the states the filters select" if filters else "")
+            + ", so the checkpoint would be empty. Pass the model that holds the "
+            "states (or filters that select some of them)."
         )
-    if type(leaf) in (bool, int, float, complex):
-        python = type(leaf).__name__
-    array = np.asarray(leaf)
-    dtype = array.dtype
-    if dtype.name in _NATIVE_DTYPES and dtype == _NATIVE_DTYPES[dtype.name]:
-        stored = array
-    elif dtype.name in _VIEW_DTYPES and dtype == _VIEW_DTYPES[dtype.name]:
-        stored = array.view(_UINT_OF_WIDTH[dtype.itemsize])
-    else:
-        raise ValueError(
-            f"`save_states` cannot save the leaf at {path_repr(path)}: its dtype "
-            f"{dtype} is not one of {sorted(_NATIVE_DTYPES) + sorted(_VIEW_DTYPES)}. "
-            f"Store numeric arrays in states."
+    return saved
+
+
+def check_path(file: Any, op: str) -> None:
+    if not isinstance(file, (str, os.PathLike)):
+        raise TypeError(
+            f"`{op}` takes the path of the checkpoint (a `str` or `os.PathLike`), but "
+            f"got {type(file).__name__}. Checkpoints are files on disk (read "
+            f"memory-mapped); to keep one in memory, write it to a temporary file."
         )
-    entry = {
-        "dtype": dtype.name,
-        "shape": list(array.shape),
-        "unit": unit,
-        "python": python,
-    }
-    return np.asarray(stored, order="C"), entry
 
 
 def save_states(file: File, model: PyTree, *filters: Filter) -> None:
-    """Saves the values of `model`'s states to `file`, in a portable `.npz` format (one
-    array per leaf, keyed by dotted leaf-level path, plus JSON metadata: dtypes, units,
-    shared states) that [`eqx_collective.load_states`][] reads back.
+    """Saves the values of `model`'s states to a [safetensors](https://huggingface.co/docs/safetensors)
+    file, which [`eqx_collective.load_states`][] reads back.
 
-    The values are saved exactly: every dtype bit for bit (including `bfloat16`),
-    `brainunit.Quantity` values in the state's own unit. A stacked ensemble is saved
-    like any model (its arrays simply carry the ensemble axis). Writing to a path is
-    atomic: the file is written next to the target and moved into place, so a crash
-    never leaves a truncated checkpoint behind.
+    Every array leaf counts: the leaves of every [`eqx_collective.State`][] and the
+    raw arrays of plain Equinox modules alike. Values are saved exactly: every dtype bit
+    for bit, `brainunit.Quantity` values in their own unit, typed PRNG keys
+    (`jax.random.key`) with their implementation. A stacked ensemble is saved like any
+    model, with the ensemble axes and shared states of its states recorded. Writing is
+    atomic: the file is written next to `file` and moved into place, so a crash never
+    leaves a truncated checkpoint.
 
-    **File format** (version 1).
+    **File format** (version 2): a standard safetensors file, readable by any
+    safetensors library:
 
-    A checkpoint is an uncompressed NumPy `.npz` archive (a zip of `.npy` files), readable
-    with `numpy.load(file, allow_pickle=False)` and no other software:
-
-    - one array per leaf of every saved state, named by its dotted *leaf-level* path
-        (`'layers.0.weight.bias'`; an array- or `Quantity`-valued state by its state-level
-        path). A `brainunit.Quantity` is saved as its mantissa, in the state's own unit.
-        Dtypes that `.npy` has no code for (`bfloat16`, the `float8` family, `int4`, ...)
-        are saved as a view of unsigned integers of the same width (`bfloat16` as
-        `uint16`), the real dtype being recorded in the metadata;
-    - one entry `__eqx_collective__`: the metadata, UTF-8 JSON stored as a `uint8` array:
-
-        ```json
-        {"format": "eqx_collective.states", "version": 1,
-         "states": [{"path": ["layers", 0, "weight"], "type": "ParamState",
-                     "tag": null, "shared": false}],
-         "entries": [{"name": "layers.0.weight.bias", "path": ["layers", 0, "weight", "bias"],
-                      "state": 0, "dtype": "float32", "shape": [16],
-                      "unit": null, "python": null}]}
-        ```
-
-        `path`s are JSON lists of strings and integers (so dict keys that contain dots or
-        look like integers survive); `state` indexes `states`; `shared` is
-        [`eqx_collective.is_shared`][] of the state (saved so an ensemble's file records
-        which states carry no ensemble axis); `python` is `"bool"`, `"int"`, `"float"` or
-        `"complex"` for a leaf that was a Python scalar; `unit` is `null` or a record of a
-        `brainunit.Unit`: `{"repr", "dim": [7 exponents of the SI base dimensions], "scale",
-        "base", "factor", "name", "dispname", "is_fullname", "display_parts"}`, rebuilt
-        from those numbers and strings (nothing is evaluated).
-
-    Loading never unpickles or runs anything from the file: arrays are read with
-    `allow_pickle=False`, the metadata with `json`, dtypes from a fixed list of names, and
-    units from the record above.
+    - one tensor per leaf, named by its leaf-level path: dotted
+        (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or an index,
+        else the JSON list of the path (`'["a.b","x/y",-1]'`). Every path has exactly
+        one name, so no two leaves can collide. A path entry that is neither a `str`
+        nor an `int` (a tuple or float dict key) is refused when saving.
+    - dtypes: natively `bool`, (unsigned) integers, `float16/32/64`, `bfloat16` and
+        `complex64`; the other `ml_dtypes` (the `float8` family, `int4`, ...) as a
+        `uint8` view (safetensors has codes for some float8s but its NumPy reader
+        cannot read them); `complex128` as `float64` with a trailing axis of 2; a
+        typed PRNG key as its `jax.random.key_data` (`uint32`). The metadata records
+        the real dtype;
+    - the metadata entry `'eqx_collective'`: a JSON text
+        `{"format": "eqx_collective.states", "version": 2, "states": [...]}` with one
+        record per state: `path` (a JSON list of `str` and `int`), `type` (the state's
+        class name), `tag`, `shared`, `ensemble_shape` and `leaves`, one entry per
+        tensor: `name`, `dtype` (the real dtype, or `"key"`), and when needed `unit`
+        (a record of a `brainunit.Unit`: `repr`, the 7 SI exponents `dim`, `scale`,
+        `base`, `factor`, `name`, `dispname`, `is_fullname`, `display_parts`),
+        `python` (`"bool"`, `"int"`, `"float"` or `"complex"`: the leaf was a Python
+        scalar) and `key_impl` (`"threefry2x32"`, `"rbg"` or `"unsafe_rbg"`).
 
     **Arguments:**
 
-    - `file`: a path (`str` or `os.PathLike`; written as given, no `.npz` is appended)
-        or a binary file object open for writing.
+    - `file`: the path to write (`str` or `os.PathLike`; no suffix is added; the
+        usual one is `.safetensors`).
     - `model`: the model whose states to save.
     - `*filters`: save only the states these select (see [`eqx_collective.Filter`][]);
         all of them by default.
@@ -186,52 +143,30 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
 
     **Raises:**
 
-    - `ValueError` if a value is traced (call `save_states` outside `jax.jit`), has a
-        dtype the format does not know, or two leaves have the same dotted path.
+    - `ValueError` if there is nothing to save; if a value is traced (call
+        `save_states` outside `jax.jit`) or has a dtype the format does not know; or
+        if a path cannot be written (a tuple or float dict key).
     - `OSError` (e.g. `FileNotFoundError`) if the file cannot be written.
 
     !!! Example
 
         ```python
-        ec.save_states("model.npz", model)
-        model, unexpected, missing = ec.load_states("model.npz", model)
+        ec.save_states("model.safetensors", model)
+        model = ec.load_states("model.safetensors", model).model
         ```
     """
-    arrays: dict[str, np.ndarray] = {}
-    state_records = []
-    entries = []
-    for i, (path, state) in enumerate(_states(model, *filters).items()):
-        state_records.append(
-            {
-                "path": list(path),
-                "type": type(state).__name__,
-                "tag": state.tag,
-                "shared": bool(is_shared(state)),
-            }
+    check_path(file, "save_states")
+    saved = collect_states(model, filters, "save_states")
+    specs = {
+        name: TensorSpec(
+            dtype=fmt.dtype_name(a.dtype),
+            shape=a.shape,
+            data_ptr=a.ctypes.data,
+            data_len=a.nbytes,
         )
-        for leaf_path, leaf in iter_value_leaves(path, state.value):
-            name = path_str(leaf_path) or "<root>"
-            if name in arrays or name == METADATA_KEY:
-                raise ValueError(
-                    f"`save_states` cannot save the leaf at {leaf_path!r}: its dotted "
-                    f"name {name!r} is taken by another leaf (or by the metadata). "
-                    f"Rename the dict key or attribute so that dotted paths are "
-                    f"unique."
-                )
-            arrays[name], entry = _to_numpy(leaf_path, leaf)
-            entries.append({"name": name, "path": list(leaf_path), "state": i, **entry})
-    metadata = {
-        "format": FORMAT,
-        "version": VERSION,
-        "states": state_records,
-        "entries": entries,
+        for name, a in saved.arrays.items()
     }
-    text = json.dumps(metadata, allow_nan=False, separators=(",", ":"))
-    arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-
-    if not isinstance(file, (str, os.PathLike)):
-        np.savez(file, **arrays)
-        return
+    metadata = {fmt.METADATA_KEY: fmt.dumps(saved.metadata)}
     target = os.fspath(file)
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
@@ -239,10 +174,10 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
             f"`save_states` cannot write {target!r}: the directory {directory!r} does "
             f"not exist. Create it first."
         )
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        serialize_file(specs, tmp, metadata=metadata)  # `saved` keeps the data alive
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -250,307 +185,315 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         raise
 
 
-# --------------------------------------------------------------------------- loading
-
-
-class _BadFile(Exception):
-    """A problem with the file's content; turned into a `ValueError` naming it."""
-
-
-def _expect(cond: bool, what: str):
-    if not cond:
-        raise _BadFile(what)
-
-
-def _is_path(x: Any) -> bool:
-    return isinstance(x, list) and all(
-        isinstance(p, (str, int)) and not isinstance(p, bool) for p in x
-    )
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _parse_unit(record: Any) -> u.Unit:
-    """Rebuilds a `brainunit.Unit` from its metadata record (numbers and strings)."""
-    _expect(isinstance(record, dict), "a unit record is not a JSON object")
-    dim = record.get("dim")
-    _expect(
-        isinstance(dim, list) and len(dim) == 7 and all(map(_is_number, dim)),
-        f"the unit record {record.get('repr')!r} has no valid 'dim' (7 numbers)",
-    )
-    for field in ("scale", "base", "factor"):
-        _expect(
-            _is_number(record.get(field)),
-            f"the unit record {record.get('repr')!r} has no valid {field!r}",
-        )
-    for field in ("name", "dispname"):
-        _expect(
-            isinstance(record.get(field), str),
-            f"the unit record {record.get('repr')!r} has no valid {field!r}",
-        )
-    _expect(
-        isinstance(record.get("is_fullname"), bool),
-        f"the unit record {record.get('repr')!r} has no valid 'is_fullname'",
-    )
-    parts = record.get("display_parts")
-    if parts is not None:
-        _expect(
-            isinstance(parts, list)
-            and all(
-                isinstance(p, list)
-                and len(p) == 3
-                and isinstance(p[0], str)
-                and isinstance(p[1], str)
-                and _is_number(p[2])
-                for p in parts
-            ),
-            f"the unit record {record.get('repr')!r} has invalid 'display_parts'",
-        )
-        parts = [
-            (n, d, int(e) if float(e).is_integer() else float(e)) for n, d, e in parts
-        ]
-    scale = record["scale"]
-    return u.Unit(
-        dim=u.get_or_create_dimension([float(x) for x in dim]),
-        scale=int(scale) if float(scale).is_integer() else scale,
-        base=float(record["base"]),
-        factor=float(record["factor"]),
-        name=record["name"],
-        dispname=record["dispname"],
-        is_fullname=record["is_fullname"],
-        display_parts=parts,
-    )
-
-
-def _parse_entries(metadata: Any) -> Iterator[dict]:
-    _expect(isinstance(metadata, dict), "the metadata is not a JSON object")
-    _expect(
-        metadata.get("format") == FORMAT,
-        f"the metadata's format is {metadata.get('format')!r}, not {FORMAT!r}",
-    )
-    version = metadata.get("version")
-    _expect(isinstance(version, int), "the metadata has no format version")
-    if version > VERSION:
-        raise _BadFile(
-            f"it was written in format version {version}, but this version of "
-            f"`eqx_collective` reads versions up to {VERSION}; upgrade "
-            f"`eqx_collective` to load it"
-        )
-    records = metadata.get("states")
-    entries = metadata.get("entries")
-    _expect(
-        isinstance(records, list) and isinstance(entries, list),
-        "the metadata has no 'states' or 'entries' list",
-    )
-    for r in records:
-        _expect(
-            isinstance(r, dict)
-            and _is_path(r.get("path"))
-            and isinstance(r.get("shared"), bool),
-            f"the metadata has an invalid state record {r!r}",
-        )
-    for e in entries:
-        _expect(isinstance(e, dict), f"the metadata has an invalid entry {e!r}")
-        name = e.get("name")
-        _expect(
-            isinstance(name, str), f"the metadata has an entry without a name {e!r}"
-        )
-        _expect(_is_path(e.get("path")), f"the entry {name!r} has an invalid path")
-        state = e.get("state")
-        _expect(
-            isinstance(state, int)
-            and not isinstance(state, bool)
-            and 0 <= state < len(records),
-            f"the entry {name!r} refers to no state",
-        )
-        dtype = e.get("dtype")
-        _expect(
-            dtype in _NATIVE_DTYPES or dtype in _VIEW_DTYPES,
-            f"the entry {name!r} has the unknown dtype {dtype!r}",
-        )
-        shape = e.get("shape")
-        _expect(
-            isinstance(shape, list)
-            and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
-            and all(n >= 0 for n in shape),
-            f"the entry {name!r} has an invalid shape",
-        )
-        _expect(
-            e.get("python") in (None, *_PYTHON_SCALARS),
-            f"the entry {name!r} has an invalid 'python' field",
-        )
-        yield e
-
-
-def _read(file: File) -> tuple[dict[Path, Any], dict[Path, bool]]:
-    """Reads and validates a checkpoint: `({leaf_path: value}, {state_path: shared})`.
-    Raises `_BadFile` if the content is not a valid checkpoint."""
-    try:
-        npz = np.load(file, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise _BadFile(
-                "it holds pickled data, which `load_states` refuses to load (it "
-                "never unpickles)"
-            ) from e
-        raise _BadFile(f"it is not a NumPy `.npz` archive ({e})") from e
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise _BadFile(
-            f"it is not a readable `.npz` archive; it may be corrupted or truncated "
-            f"({e})"
-        ) from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _BadFile("it is a single `.npy` array, not an `.npz` archive")
-    with npz:
-        members = set(npz.files)
-        _expect(
-            METADATA_KEY in members,
-            f"it has no {METADATA_KEY!r} metadata entry, so it was not written by "
-            f"`save_states`",
-        )
-        try:
-            raw = npz[METADATA_KEY]
-            _expect(
-                raw.dtype == np.uint8 and raw.ndim == 1, "the metadata entry is invalid"
-            )
-            metadata = json.loads(raw.tobytes().decode("utf-8"))
-            entries = list(_parse_entries(metadata))
-            values: dict[Path, Any] = {}
-            names = {METADATA_KEY}
-            for e in entries:
-                name = e["name"]
-                _expect(name in members, f"the entry {name!r} is missing from it")
-                _expect(name not in names, f"the entry {name!r} appears twice")
-                names.add(name)
-                dtype = _NATIVE_DTYPES.get(e["dtype"]) or _VIEW_DTYPES[e["dtype"]]
-                stored_dtype = (
-                    dtype
-                    if e["dtype"] in _NATIVE_DTYPES
-                    else _UINT_OF_WIDTH[dtype.itemsize]
-                )
-                array = npz[name]
-                _expect(
-                    array.dtype == stored_dtype and list(array.shape) == e["shape"],
-                    f"the entry {name!r} holds {array.dtype}{list(array.shape)} but "
-                    f"its metadata says {stored_dtype}{e['shape']}",
-                )
-                if stored_dtype != dtype:
-                    array = array.view(dtype)
-                value: Any = array
-                if e["python"] is not None:
-                    value = _PYTHON_SCALARS[e["python"]](array.item())
-                if e["unit"] is not None:
-                    value = u.Quantity(array, unit=_parse_unit(e["unit"]))
-                values[tuple(e["path"])] = value
-            extra = members - names
-            _expect(not extra, f"it holds entries not in its metadata: {sorted(extra)}")
-        except ValueError as e:
-            if "pickle" in str(e).lower():
-                raise _BadFile(
-                    "it holds a pickled object array, which `load_states` refuses "
-                    "to load (it never unpickles)"
-                ) from e
-            raise _BadFile(f"it is corrupted ({e})") from e
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-            raise _BadFile(f"it is corrupted or truncated ({e})") from e
-    shared = {tuple(r["path"]): r["shared"] for r in metadata["states"]}
-    return values, shared
-
-
-def load_states(file: File, model: PyTree, *, strict: bool = False) -> AssignResult:
+def load_states(
+    file: File,
+    model: PyTree,
+    *,
+    strict: bool = False,
+    rename: Rename | None = None,
+) -> LoadResult:
     """Loads state values saved by [`eqx_collective.save_states`][] into `model`, with
     the checks of [`eqx_collective.assign_state_values`][] (structure, shape, safe
-    dtype casts, units), and reports what did not match.
+    dtype casts, units), and reports what it did.
 
-    The file is read in full and checked before anything is assigned; on any error the
-    model is left as it was (as always, the input model is never modified).
-
-    The file format is described in [`eqx_collective.save_states`][]. Loading never
-    unpickles or evaluates anything from the file: arrays are read with
-    `numpy.load(..., allow_pickle=False)`, the metadata with `json`, dtypes from a
-    fixed list of names, and units rebuilt from numbers and strings.
+    The file is read (memory-mapped) and checked in full before anything is assigned;
+    on any error the model is left as it was (as always, the input model is never
+    modified). Loading never unpickles or evaluates anything: safetensors checks the
+    header and the tensor offsets, the metadata is parsed as JSON and checked field by
+    field, dtypes come from a fixed list of names, and units are rebuilt from numbers
+    and strings. The format is described in [`eqx_collective.save_states`][].
 
     **Arguments:**
 
-    - `file`: a path (`str` or `os.PathLike`) or a binary file object open for
-        reading.
+    - `file`: the path of the file (`str` or `os.PathLike`).
     - `model`: the model to load into; its states define what is expected.
-    - `strict`: if `True`, keys in the file that match nothing in the model, or states
-        of the model the file does not cover, are an error.
+    - `strict`: if `True`, leaves of the file that match nothing in the model, or
+        leaves of the model that the file does not hold, are an error.
+    - `rename`: loads the checkpoint of a refactored model. Either a mapping from old
+        paths (or path prefixes) to new ones, tuples or dotted strings
+        (`{"encoder": "layers.0"}` renames every leaf below `encoder`; the longest
+        matching prefix wins), or a function from a leaf's saved tuple path to its
+        new path (tuple or dotted string), or `None` to leave that leaf out.
 
     **Returns:**
 
-    An [`eqx_collective.AssignResult`][] `(model, unexpected, missing)`, as for
-    [`eqx_collective.assign_state_values`][]; `unexpected` holds tuple paths.
+    An [`eqx_collective.LoadResult`][] `(model, unexpected, missing, converted)` of
+    leaf-level tuple paths. Take the first three as
+    `model, unexpected, missing = load_states(...)[:3]`.
 
     **Raises:**
 
-    - `FileNotFoundError` if there is no file at `file`.
-    - `ValueError` naming the file and what is wrong: not an `.npz` archive, corrupted
-        or truncated, a pickled object inside, metadata missing or invalid, a newer
-        format version; a value that fails a check (the file of another model); a
-        state saved as shared in an ensemble that is not shared in `model` or the
-        other way round; no saved leaf matching the model at all; or, with
-        `strict=True`, unexpected or missing keys.
+    - `FileNotFoundError` if there is no file at `file`; `IsADirectoryError` for a
+        directory (a sharded checkpoint is loaded with
+        [`eqx_collective.load_sharded`][]).
+    - `ValueError` naming the file and what is wrong: not a checkpoint of this
+        library, corrupted or truncated, invalid metadata, a newer format version; a
+        value that fails a check (the file of another model); a state saved as shared,
+        or with other ensemble axes, than in `model`; no saved leaf matching the model
+        at all; two leaves renamed to one path; or, with `strict=True`, unexpected or
+        missing leaves.
 
     !!! Example
 
         ```python
-        ec.save_states("rnn.npz", rnn)
-        rnn, unexpected, missing = ec.load_states("rnn.npz", rnn)
-        assert unexpected == [] and missing == []
+        ec.save_states("rnn.safetensors", rnn)
+        rnn, unexpected, missing, converted = ec.load_states("rnn.safetensors", rnn)
+        assert unexpected == missing == converted == []
         ```
     """
-    name = _file_name(file)
-    if isinstance(file, (str, os.PathLike)):
-        if not os.path.exists(file):
-            raise FileNotFoundError(
-                f"`load_states` found no checkpoint at {name}. Check the path (no "
-                f"`.npz` suffix is added to it)."
-            )
-        if os.path.isdir(file):
-            raise IsADirectoryError(
-                f"`load_states` was given the directory {name}; pass the path of the "
-                f"`.npz` file written by `save_states`."
-            )
+    check_path(file, "load_states")
+    name = repr(os.fspath(file))
+    if not os.path.exists(file):
+        raise FileNotFoundError(
+            f"`load_states` found no checkpoint at {name}. Check the path (no suffix "
+            f"is added to it)."
+        )
+    if os.path.isdir(file):
+        raise IsADirectoryError(
+            f"`load_states` was given the directory {name}; pass the path of the "
+            f"file written by `save_states` (a directory written by `save_sharded` is "
+            f"loaded with `load_sharded`)."
+        )
     try:
-        values, shared = _read(file)
-    except _BadFile as e:
+        values, records = _read(file)
+    except fmt.BadFile as e:
         raise ValueError(
             f"`load_states` cannot load {name}: {e}. Pass a file written by "
             f"`eqx_collective.save_states`."
         ) from None
+    values, records = renamed("load_states", name, values, records, rename)
+    return finish_load(name, "load_states", model, values, records, strict=strict)
 
-    model_states = _states(model)
-    wrong = [
-        (path, flag)
-        for path, flag in shared.items()
-        if path in model_states and is_shared(model_states[path]) != flag
-    ]
-    if wrong:
-        listing = ", ".join(
-            f"{path_repr(p)} (saved {'shared' if f else 'batched'})" for p, f in wrong
-        )
-        raise ValueError(
-            f"`load_states` cannot load {name} into this model: these states are "
-            f"shared between ensemble members in one and batched in the other: "
-            f"{listing}. Load it into a model built the same way (the same "
-            f"`state_to_exclude` for `vmap_init_all_states`)."
-        )
+
+def _read(file: File) -> tuple[dict[Path, Any], dict[Path, dict]]:
+    """The values of a checkpoint file by leaf path, and the state record of each;
+    `BadFile` if its content is not a valid checkpoint."""
+    try:
+        with safe_open(file, framework="np") as f:
+            metadata = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
+            entries = {
+                e["name"]: (e, r) for r in metadata["states"] for e in r["leaves"]
+            }
+            names = set(f.keys())
+            extra, absent = (
+                sorted(names - entries.keys()),
+                sorted(entries.keys() - names),
+            )
+            fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
+            fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
+            for name, (entry, _) in entries.items():
+                code = f.get_slice(name).get_dtype()
+                if code != _STORED_AS[entry["dtype"]]:
+                    raise fmt.BadFile(
+                        f"the tensor {name!r} is stored as {code}, but its metadata "
+                        f"says {entry['dtype']} (stored as {_STORED_AS[entry['dtype']]})"
+                    )
+            tensors = f.get_tensors()  # every dtype code checked above
+            read = [fmt.from_stored(tensors[n], e) for n, (e, _) in entries.items()]
+    except SafetensorError as e:
+        raise fmt.BadFile(
+            f"it is not a valid safetensors file; it may be corrupted or truncated "
+            f"({e})"
+        ) from None
+    values, records = {}, {}
+    for x, (entry, record) in zip(read, entries.values(), strict=True):
+        values[entry["path"]] = fmt.finish_leaf(x, entry)
+        records[entry["path"]] = record
+    return values, records
+
+
+def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
+    """`rename` as a function from saved leaf paths to new ones (or `None`)."""
+    if rename is None:
+        return lambda path: path
+    if isinstance(rename, Mapping):
+        prefixes = {as_path(k): as_path(v) for k, v in rename.items()}
+        lengths = sorted({len(k) for k in prefixes}, reverse=True)
+
+        def by_prefix(path):
+            for n in lengths:
+                new = prefixes.get(path[:n]) if n <= len(path) else None
+                if new is not None:
+                    return new + path[n:]
+            return path
+
+        return by_prefix
+    if callable(rename):
+
+        def call(path):
+            new = rename(path)
+            return None if new is None else as_path(new)
+
+        return call
+    raise TypeError(
+        f"`{op}(..., rename=...)` takes a mapping from old paths to new ones or a "
+        f"function of a path, but got {type(rename).__name__}."
+    )
+
+
+def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | None):
+    """`values` and `records` keyed by the new paths that `rename` gives."""
+    fn = _renamer(rename, op)
+    new_values, new_records, origin = {}, {}, {}
+    for path, value in values.items():
+        new = fn(path)
+        if new is None:
+            continue
+        if new in origin:
+            raise ValueError(
+                f"`{op}` cannot load {name}: `rename` gives the saved leaves "
+                f"{path_repr(origin[new])} and {path_repr(path)} the same path "
+                f"{path_repr(new)}. Give them distinct paths."
+            )
+        origin[new] = path
+        new_values[new], new_records[new] = value, records[path]
+    return new_values, new_records
+
+
+def finish_load(
+    name: str,
+    op: str,
+    model: PyTree,
+    values: dict[Path, Any],
+    records: dict[Path, dict],
+    *,
+    strict: bool,
+) -> LoadResult:
+    """Assigns the values read from a checkpoint (keyed by their new paths) to `model`
+    and builds the report (shared by `load_states` and `load_sharded`)."""
+    found = _states(model)
+    owners = {p: _owner(p, found, len(r["path"])) for p, r in records.items()}
+    _check_records(name, op, records, owners)
+    values = _to_devices(values, owners)
     try:
         result = assign_state_values(model, values, strict=strict)
     except ValueError as e:
         raise ValueError(
-            f"`load_states` cannot load {name} into this model (is it the file of "
-            f"another model?):\n{e}"
+            f"`{op}` cannot load {name} into this model (is it the file of another "
+            f"model?):\n{e}"
         ) from None
-    if values and model_states and len(result.unexpected) == len(values):
+    if values and len(result.unexpected) == len(values):
         raise ValueError(
-            f"`load_states` cannot load {name} into this model: none of its "
-            f"{len(values)} saved leaves matches a state of the model (e.g. "
-            f"{path_str(next(iter(values)))!r}), so it is the file of another model. "
-            f"Check the file, or assign a subset with `assign_state_values`."
+            f"`{op}` cannot load {name} into this model: none of its {len(values)} "
+            f"saved leaves matches a leaf of the model (e.g. "
+            f"{path_repr(next(iter(values)))}), so it is the file of another model. "
+            f"Check the file, pass `rename=` if the model was refactored, or assign a "
+            f"subset with `assign_state_values`."
         )
-    return result
+    missing = []
+    for path in result.missing:
+        if path in found:  # a whole state: its leaves
+            missing += [p for p, _ in iter_value_leaves(path, found[path].value)]
+        else:
+            missing.append(path)
+    converted = [
+        path
+        for path, value in values.items()
+        if owners[path] is not None and _converted(_leaf_at(path, *owners[path]), value)
+    ]
+    return LoadResult(result.model, list(result.unexpected), missing, converted)
+
+
+def _to_devices(values: dict[Path, Any], owners: dict) -> dict[Path, Any]:
+    """`values` with their NumPy arrays moved to the devices of the arrays they replace
+    (a sharded model stays sharded the same way), or to the default device. One
+    transfer for all: much faster than one `jnp.asarray` each."""
+    moved, shardings = [], []
+    for path, value in values.items():
+        base = value.mantissa if isinstance(value, u.Quantity) else value
+        if type(base) is np.ndarray:
+            old = _leaf_at(path, *owners[path]) if owners[path] else None
+            old = old.mantissa if isinstance(old, u.Quantity) else old
+            # (an array placed by default stays so: uncommitted, as JAX makes it)
+            placed = isinstance(old, jax.Array) and old.committed
+            moved.append((path, base))
+            shardings.append(
+                old.sharding if placed and old.shape == base.shape else None
+            )
+    if not moved:
+        return values
+    out = dict(values)
+    bases = [base for _, base in moved]
+    placed = any(s is not None for s in shardings)
+    arrays = jax.device_put(bases, shardings) if placed else jax.device_put(bases)
+    for (path, _), array in zip(moved, arrays, strict=True):
+        value = values[path]
+        is_quantity = isinstance(value, u.Quantity)
+        out[path] = u.Quantity(array, unit=value.unit) if is_quantity else array
+    return out
+
+
+def _owner(
+    path: Path, found: Mapping[Path, State], hint: int
+) -> tuple[Path, State] | None:
+    """The state of the model that holds the leaf at `path`, if any (`hint`: the
+    length of the saved state path, usually the right one)."""
+    state = found.get(path[:hint])
+    if state is not None:
+        return path[:hint], state
+    for n in range(len(path), -1, -1):
+        state = found.get(path[:n])
+        if state is not None:
+            return path[:n], state
+    return None
+
+
+_ABSENT = object()
+
+
+def _leaf_at(path: Path, state_path: Path, state: State) -> Any:
+    """The leaf of `state` (at `state_path`) at the leaf-level `path`, or `_ABSENT`."""
+    x = state.value
+    for k in path[len(state_path) :]:
+        if type(x) is dict:
+            x = x.get(k, _ABSENT)
+        elif type(x) in (list, tuple) and type(k) is int and 0 <= k < len(x):
+            x = x[k]
+        else:  # another container: look it up the general way
+            return dict(iter_value_leaves(state_path, state.value)).get(path, _ABSENT)
+    return x
+
+
+def _converted(old: Any, new: Any) -> bool:
+    """Whether assigning `new` in place of `old` converted it (dtype, unit, kind)."""
+    if old is _ABSENT:
+        return False
+    if isinstance(old, u.Quantity) or isinstance(new, u.Quantity):
+        if not (isinstance(old, u.Quantity) and isinstance(new, u.Quantity)):
+            return True
+        if old.unit != new.unit:
+            return True
+        old, new = old.mantissa, new.mantissa
+    if type(new) in (bool, int, float, complex):
+        return type(old) is not type(new)
+    return getattr(old, "dtype", None) != getattr(new, "dtype", None)
+
+
+def _check_records(name, op, records: dict[Path, dict], owners: dict) -> None:
+    """Refuses a file whose states were shared (or had other ensemble axes) where the
+    model's are not, naming each such state."""
+    wrong, seen = {}, set()
+    for path, record in records.items():
+        owner = owners[path]
+        if owner is None or (id(record), owner[0]) in seen:
+            continue
+        seen.add((id(record), owner[0]))
+        state = owner[1]
+        ensemble = list(getattr(state, "ensemble_shape", ()))
+        if record["shared"] != is_shared(state):
+            saved = "shared" if record["shared"] else "batched"
+            other = "batched" if record["shared"] else "shared"
+            wrong[owner[0]] = f"saved {saved}, {other} in the model"
+        elif record["ensemble_shape"] != ensemble:
+            wrong[owner[0]] = (
+                f"saved with ensemble axes {tuple(record['ensemble_shape'])}, "
+                f"{tuple(ensemble)} in the model"
+            )
+    if wrong:
+        listing = "; ".join(f"{path_repr(p)} ({w})" for p, w in wrong.items())
+        raise ValueError(
+            f"`{op}` cannot load {name} into this model: these states are shared "
+            f"between ensemble members, or have other ensemble axes, in one and not "
+            f"in the other: {listing}. Load it into a model built the same way (the "
+            f"same ensemble size and `state_to_exclude` for `vmap_init_all_states`)."
+        )

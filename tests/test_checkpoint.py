@@ -1,19 +1,30 @@
-"""Tests for `save_states` / `load_states`: round trips, the format, and refusals."""
+"""Tests for `save_states` / `load_states` (safetensors) and `save_sharded` /
+`load_sharded` (orbax): round trips, the format, renaming, and refusals."""
 
+import gc
 import io
 import json
 import os
-import zipfile
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import warnings
 
 import brainunit as u
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
+from eqx_collective import _checkpoint_format as fmt
 
 
 class Linear(eqx.Module):
@@ -32,63 +43,68 @@ class Model(eqx.Module):
 def make_model(seed: int = 0, n_layers: int = 2, ensemble: int | None = None):
     rng = np.random.default_rng(seed)
     lead = () if ensemble is None else (ensemble,)
+    shape = () if ensemble is None else (ensemble,)
 
-    def arr(*shape, dtype=np.float32):
-        return jnp.asarray(rng.standard_normal(lead + shape).astype(dtype))
+    def arr(*dims, dtype=np.float32):
+        return jnp.asarray(rng.standard_normal(lead + dims).astype(dtype))
 
     return Model(
         layers=tuple(
-            Linear(ec.ParamState({"weight": arr(3, 2), "bias": arr(2)}))
+            Linear(
+                ec.ParamState(
+                    {"weight": arr(3, 2), "bias": arr(2)}, ensemble_shape=shape
+                )
+            )
             for _ in range(n_layers)
         ),
-        h=ec.HiddenState(arr(4)),
-        v=ec.HiddenState(arr(4) * (u.mV / u.ms)),
+        h=ec.HiddenState(arr(4), ensemble_shape=shape),
+        v=ec.HiddenState(arr(4) * (u.mV / u.ms), ensemble_shape=shape),
         count=ec.LongTermState(
             jnp.asarray(rng.integers(-(2**31), 2**31 - 1, (2,)), jnp.int32),
             shared=ensemble is not None,
         ),
-        low=ec.ParamState(arr(3).astype(jnp.bfloat16)),
-        flag=ec.State(jnp.asarray(rng.integers(0, 2, lead + (2,)), bool), tag="f"),
+        low=ec.ParamState(arr(3).astype(jnp.bfloat16), ensemble_shape=shape),
+        flag=ec.State(
+            jnp.asarray(rng.integers(0, 2, lead + (2,)), bool),
+            tag="f",
+            ensemble_shape=shape,
+        ),
     )
 
 
 def leaves(x):
+    """Every leaf of `x` as comparable bytes (units, PRNG key data included)."""
     out = []
-    for leaf in jax.tree.leaves(x, is_leaf=lambda y: isinstance(y, u.Quantity)):
+    flat = jax.tree.leaves_with_path(x, is_leaf=lambda y: isinstance(y, u.Quantity))
+    for path, leaf in flat:
+        out.append(jax.tree_util.keystr(path))
         if isinstance(leaf, u.Quantity):
             out.append(("unit", str(leaf.unit), leaf.unit.dim, leaf.unit.scale))
             leaf = leaf.mantissa
+        if type(leaf) in (bool, int, float, complex):
+            out.append((type(leaf), leaf))
+            continue
+        if not hasattr(leaf, "dtype"):  # a function of a plain Equinox module
+            out.append(leaf)
+            continue
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            out.append(("key", str(jax.random.key_impl(leaf))))
+            leaf = jax.random.key_data(leaf)
         leaf = np.asarray(leaf)
         out.append((leaf.dtype, leaf.shape, leaf.tobytes()))
     return out
 
 
-def saved(model) -> bytes:
-    buffer = io.BytesIO()
-    ec.save_states(buffer, model)
-    return buffer.getvalue()
+@pytest.fixture
+def tmp(tmp_path):
+    return lambda name="m.safetensors": tmp_path / name
 
 
-def load_bytes(data: bytes, model, **kwargs):
-    return ec.load_states(io.BytesIO(data), model, **kwargs)
-
-
-def rewrite(data: bytes, change) -> bytes:
-    """The archive `data` with its members passed through `change(dict) -> dict`."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        members = {k: npz[k] for k in npz.files}
-    buffer = io.BytesIO()
-    np.savez(buffer, **change(members))
-    return buffer.getvalue()
-
-
-def metadata_of(members: dict) -> dict:
-    return json.loads(members["__eqx_collective__"].tobytes())
-
-
-def with_metadata(members: dict, metadata: dict) -> dict:
-    text = json.dumps(metadata).encode()
-    return {**members, "__eqx_collective__": np.frombuffer(text, np.uint8)}
+def round_trip(model, into, **kwargs):
+    with tempfile.TemporaryDirectory() as d:
+        file = os.path.join(d, "m.safetensors")
+        ec.save_states(file, model)
+        return ec.load_states(file, into, **kwargs)
 
 
 # ----------------------------------------------------------------- round trips
@@ -104,8 +120,10 @@ def test_save_load_round_trips_bit_exactly(seed, n_layers, ensemble):
     model = make_model(seed, n_layers, ensemble)
     other = make_model(seed + 1, n_layers, ensemble)  # same structure, other values
     assert leaves(other) != leaves(model)
-    loaded, unexpected, missing = load_bytes(saved(model), other)
-    assert unexpected == [] and missing == []
+    result = round_trip(model, other)
+    assert isinstance(result, ec.LoadResult)
+    loaded, unexpected, missing = result[:3]
+    assert unexpected == missing == result.converted == []
     assert leaves(loaded) == leaves(model)
     assert jax.tree.structure(loaded) == jax.tree.structure(model)
     assert loaded.v.value.unit == u.mV / u.ms
@@ -113,197 +131,368 @@ def test_save_load_round_trips_bit_exactly(seed, n_layers, ensemble):
     assert loaded.flag.tag == "f"
 
 
-def test_round_trip_through_a_path_and_the_file_layout(tmp_path):
+def test_the_file_is_a_plain_safetensors_file(tmp):
     model = make_model(0)
-    file = tmp_path / "model.ckpt"  # no `.npz` is appended
+    file = tmp("model.ckpt")  # no suffix is added
     ec.save_states(file, model)
-    assert os.listdir(tmp_path) == ["model.ckpt"]  # no temporary file left behind
-    loaded, unexpected, missing = ec.load_states(str(file), make_model(1))
-    assert unexpected == [] and missing == []
-    assert leaves(loaded) == leaves(model)
-
-    # plain NumPy reads it, without pickle: dotted leaf-level names + JSON metadata
-    with np.load(file, allow_pickle=False) as npz:
-        assert sorted(npz.files) == sorted(
-            [
-                "layers.0.weight.bias",
-                "layers.0.weight.weight",
-                "layers.1.weight.bias",
-                "layers.1.weight.weight",
-                "h",
-                "v",
-                "count",
-                "low",
-                "flag",
-                "__eqx_collective__",
-            ]
-        )
-        assert npz["low"].dtype == np.uint16  # bfloat16 as a uint16 view
-        assert np.array_equal(
-            npz["low"].view(jnp.bfloat16), np.asarray(model.low.value)
-        )
-        assert np.array_equal(npz["v"], np.asarray(model.v.value.mantissa))
-        metadata = json.loads(npz["__eqx_collective__"].tobytes())
-    assert metadata["format"] == "eqx_collective.states" and metadata["version"] == 1
-    by_name = {e["name"]: e for e in metadata["entries"]}
-    assert by_name["low"]["dtype"] == "bfloat16"
-    assert by_name["layers.1.weight.bias"]["path"] == ["layers", 1, "weight", "bias"]
-    assert by_name["v"]["unit"]["dim"] == [2.0, 1.0, -4.0, -1.0, 0.0, 0.0, 0.0]
-    assert by_name["v"]["unit"]["repr"] == "mV / ms"
-    assert by_name["h"]["unit"] is None
+    assert os.listdir(file.parent) == ["model.ckpt"]  # no temporary file left behind
+    arrays = safetensors.numpy.load_file(file)  # any safetensors reader reads it
+    assert sorted(arrays) == sorted(
+        [
+            "layers.0.weight.bias",
+            "layers.0.weight.weight",
+            "layers.1.weight.bias",
+            "layers.1.weight.weight",
+            "h",
+            "v",
+            "count",
+            "low",
+            "flag",
+        ]
+    )
+    assert arrays["low"].dtype == ml_dtypes.bfloat16  # natively
+    assert np.array_equal(arrays["low"], np.asarray(model.low.value))
+    assert np.array_equal(arrays["v"], np.asarray(model.v.value.mantissa))
+    with safetensors.safe_open(file, framework="np") as f:
+        metadata = json.loads(f.metadata()["eqx_collective"])
+    assert metadata["format"] == "eqx_collective.states" and metadata["version"] == 2
     states = {tuple(s["path"]): s for s in metadata["states"]}
     assert states[("flag",)]["tag"] == "f" and states[("h",)]["type"] == "HiddenState"
+    v = states[("v",)]["leaves"][0]
+    assert v["unit"]["dim"] == [2.0, 1.0, -4.0, -1.0, 0.0, 0.0, 0.0]
+    assert v["unit"]["repr"] == "mV / ms"
+    assert states[("layers", 1, "weight")]["leaves"] == [
+        {"name": "layers.1.weight.bias", "dtype": "float32"},
+        {"name": "layers.1.weight.weight", "dtype": "float32"},
+    ]
 
 
-def test_saving_overwrites_and_a_filter_saves_a_subset(tmp_path):
-    file = tmp_path / "m.npz"
+def test_saving_overwrites_and_a_filter_saves_a_subset(tmp):
+    file = tmp()
     ec.save_states(file, make_model(5))
     model = make_model(0)
     ec.save_states(file, model, ec.ParamState)
-    loaded, unexpected, missing = ec.load_states(file, make_model(1))
-    assert unexpected == []
+    loaded, unexpected, missing, converted = ec.load_states(file, make_model(1))
+    assert unexpected == [] and converted == []
     assert missing == [("h",), ("v",), ("count",), ("flag",)]
     assert leaves(loaded.layers) == leaves(model.layers)
     assert leaves(loaded.low) == leaves(model.low)
     assert leaves(loaded.h) == leaves(make_model(1).h)
     with pytest.raises(ValueError, match=r"missing key.*\('h',\)"):
         ec.load_states(file, make_model(1), strict=True)
+    # a whole structured state missing is reported leaf by leaf
+    ec.save_states(file, model, "f")
+    missing = ec.load_states(file, make_model(1)).missing
+    assert ("layers", 0, "weight", "bias") in missing
+    assert ("layers", 0, "weight") not in missing
 
 
-class Odd(eqx.Module):
+class Holder(eqx.Module):
+    fixed: ec.State
     s: ec.State
 
 
-def test_awkward_paths_and_python_scalars_round_trip():
-    model = Odd(
-        ec.State(
-            {
-                "a.b": jnp.zeros(1),
-                "7": {"x": 1.5, "y": 3, "z": True},
-                "big": jnp.arange(4, dtype=jnp.uint8),
-                "c": jnp.ones(2, jnp.complex64),
-                "u": jnp.ones((), jnp.float16) * u.volt,
-            }
-        )
+def holder(value, fixed=0.0):
+    return Holder(ec.State(jnp.full(2, fixed)), ec.State(value))
+
+
+def test_dtypes_units_keys_and_python_scalars_round_trip():
+    def value(seed):
+        rng = np.random.default_rng(seed)
+        f = rng.standard_normal(4).astype(np.float32)
+        return {
+            "bf16": jnp.asarray(f, jnp.bfloat16),
+            "f8": jnp.asarray(f, jnp.float8_e4m3fn),
+            "f8b": jnp.asarray(f, jnp.float8_e5m2),
+            "i4": jnp.asarray(rng.integers(-8, 8, 4), jnp.int4),
+            "c64": jnp.asarray(f, jnp.complex64) * 1j,
+            "u8": jnp.asarray(rng.integers(0, 255, 4), jnp.uint8),
+            "empty": jnp.zeros((0, 3)),
+            "key": jax.random.split(jax.random.key(seed), 3),
+            "rbg": jax.random.key(seed, impl="rbg"),
+            "raw_key": jax.random.PRNGKey(seed),
+            "volt": jnp.asarray(f, jnp.float16) * u.volt,
+            "py": {"x": float(seed) + 0.5, "y": seed, "z": bool(seed % 2)},
+        }
+
+    model, other = holder(value(1)), holder(value(2))
+    result = round_trip(model, other)
+    assert result.unexpected == result.missing == result.converted == []
+    assert leaves(result.model) == leaves(model)
+    assert type(result.model.s.value["py"]["y"]) is int
+    assert type(result.model.s.value["py"]["z"]) is bool
+    # the loaded keys work as keys
+    jax.random.normal(result.model.s.value["key"][0], (2,))
+
+
+def test_complex128_and_every_byte_dtype_are_stored_losslessly():
+    cases = [np.asarray([1 + 2j, np.inf - 1j, np.nan * 1j], np.complex128)]
+    cases.append(np.asarray(3 - 4j, np.complex128))  # 0-d
+    for name in sorted(fmt._BYTE_VIEWS):
+        dtype = fmt._BYTE_VIEWS[name]
+        cases.append(np.arange(6, dtype=np.uint8).reshape(2, 3).view(dtype))
+    for array in cases:
+        stored, entry = fmt.to_stored(("x",), array)
+        assert stored.dtype == fmt.storage_dtype(entry)
+        entry["name"] = "x"
+        back = fmt.from_stored(stored, entry)
+        assert back.dtype == array.dtype and back.shape == array.shape
+        assert back.tobytes() == array.tobytes()
+
+
+def test_a_compatible_unit_and_a_safe_cast_are_converted_and_reported():
+    given = holder(
+        {"v": jnp.asarray([1.0, 2.0]) * u.volt, "h": jnp.ones(3, jnp.float16)}
     )
-    other = Odd(
-        ec.State(
-            {
-                "a.b": jnp.ones(1),
-                "7": {"x": 0.5, "y": 1, "z": False},
-                "big": jnp.zeros(4, dtype=jnp.uint8),
-                "c": jnp.zeros(2, jnp.complex64),
-                "u": jnp.zeros((), jnp.float16) * u.volt,
-            }
-        )
-    )
-    loaded, unexpected, missing = load_bytes(saved(model), other)
-    assert unexpected == [] and missing == []
-    value = loaded.s.value
-    assert value["7"] == {"x": 1.5, "y": 3, "z": True}
-    assert type(value["7"]["y"]) is int and type(value["7"]["z"]) is bool
-    assert leaves(loaded) == leaves(model)
+    target = holder({"v": jnp.zeros(2) * u.mV, "h": jnp.zeros(3, jnp.float32)})
+    result = round_trip(given, target)
+    assert result.converted == [("s", "h"), ("s", "v")]
+    assert result.model.s.value["v"].unit == u.mV
+    assert np.allclose(result.model.s.value["v"].mantissa, [1000.0, 2000.0])
+    assert result.model.s.value["h"].dtype == jnp.float32
+    # float32 -> float16 is not a safe cast: refused, naming the path and dtypes
+    with pytest.raises(ValueError, match=r"'s\.h'.*float16\[3\].*float32\[3\]"):
+        round_trip(target, given)
 
 
-def test_a_compatible_unit_in_the_file_is_converted():
-    data = saved(Odd(ec.State(jnp.asarray([1.0, 2.0]) * u.volt)))
-    loaded = load_bytes(data, Odd(ec.State(jnp.zeros(2) * u.mV))).model
-    assert loaded.s.value.unit == u.mV
-    assert np.allclose(loaded.s.value.mantissa, [1000.0, 2000.0])
+def test_plain_equinox_modules_save_and_load():
+    mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+    other = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(1))
+    result = round_trip(mlp, other)
+    assert result.unexpected == result.missing == []
+    assert leaves(result.model) == leaves(mlp)
 
 
-def test_saving_refuses_traced_values_and_clashing_names():
-    model = Odd(ec.State({"a.b": jnp.zeros(1), "a": {"b": jnp.zeros(1)}}))
-    with pytest.raises(ValueError, match="'a.b'.*taken by another leaf"):
-        saved(model)
+# ------------------------------------------------------------- keys and names
+
+_SPECIAL = [
+    "a",
+    "a.npy",
+    "a.b",
+    "a/b",
+    "../x",
+    "",
+    "0",
+    "01",
+    "-1",
+    "__metadata__",
+    "__eqx_collective__",
+    '["a"]',
+    "[",
+    "é",
+    "日本",
+    "a\x00b",
+    " ",
+]
+_STR = st.one_of(st.sampled_from(_SPECIAL), st.text(max_size=6))
+# keys of one kind per dict (mixed kinds cannot be flattened by JAX)
+_KEY_KINDS = [
+    _STR,
+    st.integers(-(2**40), 2**40),
+    st.tuples(st.integers(0, 3), st.sampled_from(["a", "b"])),
+    st.floats(allow_nan=False, width=32),
+    st.booleans(),
+]
+_DTYPES = ["float32", "int32", "bool", "bfloat16", "uint8", "float16"]
+
+
+@st.composite
+def trees(draw, depth=2):
+    keys = draw(st.sampled_from(_KEY_KINDS))
+    n = draw(st.integers(0, 4))
+    out = {}
+    for k in draw(st.lists(keys, min_size=n, max_size=n, unique=True)):
+        if depth > 0 and draw(st.booleans()):
+            out[k] = draw(trees(depth=depth - 1))
+        else:
+            dtype = draw(st.sampled_from(_DTYPES))
+            shape = draw(st.sampled_from([(), (2,), (1, 3)]))
+            seed = draw(st.integers(0, 2**31))
+            rng = np.random.default_rng(seed)
+            out[k] = jnp.asarray(rng.standard_normal(shape) * 10).astype(dtype)
+    return out
+
+
+def _bad_keys(tree):
+    """The keys that cannot be path entries, above at least one array."""
+    bad = []
+    for k, v in tree.items():
+        if not jax.tree.leaves(v):
+            continue  # nothing is saved below it
+        if not isinstance(k, (str, int)) or isinstance(k, bool):
+            bad.append(k)
+        if isinstance(v, dict):
+            bad += _bad_keys(v)
+    return bad
+
+
+@settings(max_examples=60)
+@given(tree=trees())
+def test_every_model_that_saves_loads_back_exactly(tree):
+    model = holder(tree, fixed=1.0)
+    blank = jax.tree.map(jnp.zeros_like, model)
+    bad = _bad_keys(tree)
+    with tempfile.TemporaryDirectory() as d:
+        file = os.path.join(d, "m.safetensors")
+        if bad:
+            with pytest.raises(ValueError, match="cannot be written as a path"):
+                ec.save_states(file, model)
+            assert os.listdir(d) == []
+            return
+        ec.save_states(file, model)
+        result = ec.load_states(file, blank, strict=True)
+    assert result.unexpected == result.missing == result.converted == []
+    assert leaves(result.model) == leaves(model)
+
+
+def test_names_are_one_to_one():
+    paths = [
+        ("a", "b"),
+        ("a.b",),
+        ("a", 0),
+        ("a", "0"),
+        ("a", -1),
+        ("__metadata__",),
+        ("x", "__metadata__"),
+        ('["a"]',),
+        (),
+        ("layers", 10, "w_1"),
+    ]
+    names = [fmt.tensor_name(p) for p in paths]
+    assert len(set(names)) == len(names)
+    assert names[0] == "a.b" and names[1] == '["a.b"]' and names[-1] == "layers.10.w_1"
+    assert [fmt.path_of_name(n) for n in names] == paths
+    for bad in ["a..b", "a.01", '["a","b"]', "[1,", "__metadata__", ".a", "a."]:
+        if bad == '["a","b"]':  # valid JSON of a path that has a dotted name
+            with pytest.raises(fmt.BadFile, match="not canonical"):
+                fmt.path_of_name(bad)
+            continue
+        with pytest.raises(fmt.BadFile):
+            fmt.path_of_name(bad)
+
+
+def test_saving_refuses_what_cannot_load(tmp):
+    with pytest.raises(ValueError, match=r"\(1, 2\) \(tuple\) cannot be written"):
+        ec.save_states(tmp(), holder({(1, 2): jnp.zeros(1)}))
+    with pytest.raises(ValueError, match=r"0\.5 \(float\)"):
+        ec.save_states(tmp(), holder({0.5: jnp.zeros(1)}))
+    with pytest.raises(ValueError, match="dtype <U3"):
+        ec.save_states(tmp(), holder({"s": np.asarray("abc")}))
 
     @jax.jit
     def inside(x):
-        ec.save_states(io.BytesIO(), Odd(ec.State(x)))
+        ec.save_states(tmp(), holder(x))
         return x
 
     with pytest.raises(ValueError, match="traced value.*outside `jax.jit`"):
         inside(jnp.zeros(2))
-
-
-def test_saving_into_a_missing_directory(tmp_path):
-    target = tmp_path / "nowhere" / "m.npz"
+    with pytest.raises(ValueError, match="no array to save"):
+        ec.save_states(tmp(), eqx.nn.Lambda(jax.nn.relu))
+    with pytest.raises(
+        ValueError, match="no array to save in the model among the states"
+    ):
+        ec.save_states(tmp(), make_model(), "no such tag")
+    assert not os.listdir(tmp().parent)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ec.save_states(target, make_model())
+        ec.save_states(tmp() / "nowhere", make_model())
+
+
+# ------------------------------------------------------------------ renaming
+
+
+class Renamed(eqx.Module):
+    encoder: tuple
+    h: ec.HiddenState
+
+
+def test_rename_loads_a_refactored_model(tmp):
+    model = make_model(0)
+    file = tmp()
+    ec.save_states(file, model)
+    new = Renamed(
+        encoder=make_model(1).layers, h=ec.HiddenState(jnp.zeros(4, jnp.float32))
+    )
+    by_map = ec.load_states(file, new, rename={"layers": "encoder"})
+    assert leaves(by_map.model.encoder) == leaves(model.layers)
+    assert leaves(by_map.model.h) == leaves(model.h)
+    assert by_map.missing == []
+    assert by_map.unexpected == [("v",), ("count",), ("low",), ("flag",)]
+
+    def fn(path):
+        if path[0] in ("v", "count", "low", "flag"):
+            return None  # left out
+        return ("encoder",) + path[1:] if path[0] == "layers" else path
+
+    by_fn = ec.load_states(file, new, rename=fn, strict=True)
+    assert leaves(by_fn.model) == leaves(by_map.model)
+    # the longest prefix wins; dotted strings work too
+    swap = {"layers.0": "encoder.1", "layers.1": ("encoder", 0), "layers": "x"}
+    swapped = ec.load_states(file, new, rename=swap).model
+    assert leaves(swapped.encoder[1]) == leaves(model.layers[0])
+    with pytest.raises(ValueError, match="the same path 'h'"):
+        ec.load_states(file, new, rename={"v": "h"})
+    with pytest.raises(TypeError, match="rename"):
+        ec.load_states(file, new, rename=3)
+    with pytest.raises(ValueError, match="none of its"):
+        ec.load_states(file, new, rename={"": "elsewhere"})
 
 
 # ------------------------------------------------------------------ refusals
 
 
-def refused_on_load(data, model, *fragments, error=ValueError, **kwargs):
+def refused(file, model, *fragments, error=ValueError, **kwargs):
+    """Loading `file` into `model` raises `error` naming the file and `fragments`,
+    leaves no file handle open, and changes nothing."""
     before = leaves(model)
-    with pytest.raises(error) as info:
-        load_bytes(data, model, **kwargs)
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with pytest.raises(error) as info:
+            ec.load_states(file, model, **kwargs)
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
     message = str(info.value)
-    for fragment in fragments:
+    for fragment in (os.path.basename(file), *fragments):
         assert fragment in message, (fragment, message)
     assert leaves(model) == before
     return message
 
 
-def test_missing_file_and_directory(tmp_path):
+def raw_file(file, header, data=b"", length=None):
+    """A safetensors-like file with this header (a dict, or bytes) and data."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    size = len(text) if length is None else length
+    file.write_bytes(struct.pack("<Q", size) + text + data)
+    return file
+
+
+def test_checkpoints_are_paths():
+    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
+        ec.save_states(io.BytesIO(), make_model())
+    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
+        ec.load_states(io.BytesIO(), make_model())
+
+
+def test_missing_file_and_directory(tmp):
+    with pytest.raises(FileNotFoundError, match=r"absent\.safetensors"):
+        ec.load_states(tmp("absent.safetensors"), make_model())
+    with pytest.raises(IsADirectoryError, match="load_sharded"):
+        ec.load_states(tmp().parent, make_model())
+
+
+def test_files_that_are_not_checkpoints(tmp):
     model = make_model()
-    missing = tmp_path / "absent.npz"
-    with pytest.raises(FileNotFoundError, match=r"absent\.npz"):
-        ec.load_states(missing, model)
-    with pytest.raises(IsADirectoryError, match="directory"):
-        ec.load_states(tmp_path, model)
-
-
-def test_truncated_file(tmp_path):
-    data = saved(make_model())
-    for cut in (0, 10, len(data) // 2, len(data) - 1):
-        file = tmp_path / f"cut{cut}.npz"
-        file.write_bytes(data[:cut])
-        with pytest.raises(ValueError, match=rf"cut{cut}\.npz.*(truncated|corrupted)"):
-            ec.load_states(file, make_model())
-
-
-def test_corrupted_bytes_are_detected():
-    data = saved(make_model())
-    # flip bytes inside the stored array data of one member: the zip CRC catches it
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        info = archive.getinfo("h.npy")
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    offset = start + info.compress_size - 4  # inside the array data, not the header
-    corrupted = bytearray(data)
-    corrupted[offset] ^= 0xFF
-    refused_on_load(bytes(corrupted), make_model(), "corrupted")
-    # garbage that is not an archive at all
-    refused_on_load(b"\x00" * 100, make_model(), "not")
-
-
-def test_a_file_of_another_model():
-    data = saved(make_model(0, n_layers=2))
-    # other shapes: refused, naming the path and the shapes
-    wider = eqx.tree_at(lambda m: m.h, make_model(0), ec.HiddenState(jnp.zeros(5)))
-    refused_on_load(data, wider, "another model", "'h'", "float32[5]", "float32[4]")
-    # other keys entirely: refused even without `strict`
-    refused_on_load(data, Odd(ec.State(jnp.zeros(1))), "none of its", "another model")
-    # some keys in common: a partial load, reported
-    fewer = make_model(1, n_layers=1)
-    loaded, unexpected, missing = load_bytes(data, fewer)
-    assert unexpected == [
-        ("layers", 1, "weight", "bias"),
-        ("layers", 1, "weight", "weight"),
-    ]
-    assert missing == []
-    assert leaves(loaded.h) == leaves(make_model(0).h)
-    refused_on_load(data, fewer, "strict=True", "unexpected", strict=True)
-
-
-def test_shared_flags_must_agree():
-    ensemble = make_model(0, ensemble=2)  # `count` is shared
-    batched = eqx.tree_at(
-        lambda m: m.count, ensemble, ec.LongTermState(ensemble.count.value)
-    )
-    refused_on_load(saved(ensemble), batched, "'count'", "shared")
-    refused_on_load(saved(batched), ensemble, "'count'", "batched")
+    rng = np.random.default_rng(0)
+    tmp("random").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    refused(tmp("random"), model, "not a valid safetensors file")
+    tmp("text").write_text("hello, this is a text file\n" * 20)
+    refused(tmp("text"), model, "not a valid safetensors file")
+    tmp("empty").write_bytes(b"")
+    refused(tmp("empty"), model, "not a valid safetensors file")
+    # a safetensors file not written by `save_states`
+    safetensors.numpy.save_file({"h": np.zeros(4, np.float32)}, tmp("foreign"))
+    refused(tmp("foreign"), model, "no 'eqx_collective' metadata")
 
 
 class Evil:
@@ -317,89 +506,262 @@ class Evil:
         return (exec, (code,))
 
 
-def test_a_pickled_object_array_is_refused_not_executed(tmp_path):
-    flag = tmp_path / "flag"
-    model = make_model()
-    evil = np.array([Evil(flag)], dtype=object)
-
-    # 1. a valid checkpoint whose `h` entry is replaced by a pickled object array
-    def swap(members):
-        return {**members, "h": evil}
-
-    data = rewrite(saved(model), swap)
-    refused_on_load(data, model, "pickled", "never unpickles")
-    # 2. a bare `.npy` pickle
-    buffer = io.BytesIO()
-    np.save(buffer, evil, allow_pickle=True)
-    refused_on_load(buffer.getvalue(), model, "pickled")
-    # 3. the metadata entry itself as an object array
-    data = rewrite(saved(model), lambda m: {**m, "__eqx_collective__": evil})
-    refused_on_load(data, model, "pickled")
+def test_a_pickle_payload_is_refused_not_executed(tmp):
+    flag = tmp("flag")
+    payload = pickle.dumps(Evil(flag))
+    tmp("pickle").write_bytes(payload)
+    refused(tmp("pickle"), make_model(), "not a valid safetensors file")
+    np.save(tmp("evil.npy"), np.array([Evil(flag)], dtype=object), allow_pickle=True)
+    refused(tmp("evil.npy"), make_model(), "not a valid safetensors file")
+    # a pickle inside the metadata text is just an invalid string
+    header = {"__metadata__": {"eqx_collective": payload.decode("latin-1")}}
+    refused(raw_file(tmp("meta"), header), make_model(), "not valid JSON")
     assert not flag.exists()
-    # (the payload does run when unpickled: the test would see it)
-    np.load(io.BytesIO(buffer.getvalue()), allow_pickle=True)
+    pickle.loads(
+        payload
+    )  # (the payload does run when unpickled: the test would see it)
     assert flag.read_text() == "executed"
 
 
-def test_invalid_metadata_is_refused():
+def test_truncated_files(tmp):
     model = make_model()
-    data = saved(model)
+    ec.save_states(tmp(), model)
+    data = tmp().read_bytes()
+    for cut in (1, 7, 8, 100, len(data) // 2, len(data) - 1):
+        file = tmp(f"cut{cut}")
+        file.write_bytes(data[:cut])
+        refused(file, model, "not a valid safetensors file")
 
-    def meta(change):
-        def f(members):
-            metadata = metadata_of(members)
-            change(metadata)
-            return with_metadata(members, metadata)
 
-        return rewrite(data, f)
+def test_hostile_headers(tmp):
+    model = make_model()
+    f32 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    cases = [
+        # a header length far beyond the file
+        (raw_file(tmp("huge"), b"{}", length=2**62), "not a valid safetensors file"),
+        # overlapping and out-of-range offsets
+        (
+            raw_file(
+                tmp("overlap"),
+                {"h": f32, "x": {**f32, "data_offsets": [8, 24]}},
+                b"\0" * 24,
+            ),
+            "not a valid safetensors file",
+        ),
+        (
+            raw_file(tmp("beyond"), {"h": {**f32, "data_offsets": [0, 10**12]}}),
+            "not a valid safetensors file",
+        ),
+        # metadata that is not UTF-8
+        (
+            raw_file(
+                tmp("utf8"),
+                b'{"__metadata__":{"eqx_collective":"\xff\xfe"},"h":'
+                + json.dumps(f32).encode()
+                + b"}",
+                b"\0" * 16,
+            ),
+            "not a valid safetensors file",
+        ),
+    ]
+    for file, fragment in cases:
+        refused(file, model, fragment)
 
-    def set_unit_dim(m):
-        next(e for e in m["entries"] if e["name"] == "v")["unit"]["dim"] = "__import__"
 
-    def set_unit_name(m):
-        next(e for e in m["entries"] if e["name"] == "v")["unit"]["name"] = ["x"]
+def test_invalid_metadata_is_refused(tmp):
+    model = make_model()
+    ec.save_states(tmp(), model)
+    arrays = safetensors.numpy.load_file(tmp())
+    with safetensors.safe_open(tmp(), framework="np") as f:
+        good = json.loads(f.metadata()["eqx_collective"])
 
-    def set_dtype(m):
-        next(e for e in m["entries"] if e["name"] == "h")["dtype"] = "object"
+    def write(change, arrays=arrays, name="bad"):
+        metadata = json.loads(json.dumps(good))
+        change(metadata)
+        text = json.dumps(metadata)
+        safetensors.numpy.save_file(arrays, tmp(name), {"eqx_collective": text})
+        return tmp(name)
 
-    def set_shape(m):
-        next(e for e in m["entries"] if e["name"] == "h")["shape"] = [5]
+    def leaf(m, path):
+        state = next(s for s in m["states"] if s["path"] == path)
+        return state["leaves"][0]
 
-    def drop_entry(m):
-        m["entries"] = [e for e in m["entries"] if e["name"] != "h"]
-
-    def bad_state(m):
-        m["entries"][0]["state"] = 99
+    def set_(path, **fields):
+        return lambda m: leaf(m, path).update(fields)
 
     cases = [
-        (lambda m: m.update(version=2), "version 2", "upgrade"),
+        (lambda m: m.update(version=3), "version 3", "upgrade"),
+        (lambda m: m.update(version=1), "version 1", "no longer reads"),
         (lambda m: m.update(format="other"), "format"),
-        (set_unit_dim, "'dim'"),
-        (set_unit_name, "'name'"),
-        (set_dtype, "unknown dtype 'object'"),
-        (set_shape, "'h'", "metadata says"),
-        (drop_entry, "not in its metadata", "'h'"),
-        (bad_state, "refers to no state"),
+        (lambda m: m.update(states="x"), "'states'"),
+        (lambda m: m["states"][0].update(shared="yes"), "invalid state record"),
+        (lambda m: m["states"][0].update(extra=1), "invalid state record"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}), "'dim'"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "'name'"),
+        (set_(["h"], dtype="object"), "unknown dtype 'object'"),
+        (set_(["h"], dtype="int32"), "'h' is stored as F32", "int32"),
+        (set_(["h"], dtype="key"), "'key_impl'"),
+        (set_(["h"], python="eval"), "'python'"),
+        (set_(["h"], code="1"), "unknown fields ['code']"),
+        (
+            lambda m: m["states"][0]["leaves"].append(m["states"][0]["leaves"][0]),
+            "twice",
+        ),
+        (set_(["h"], name="v"), "not below its state"),
+        (set_(["h"], name="h.01"), "not canonical"),
+        (lambda m: m["states"].pop(), "not in its metadata", "'flag'"),
     ]
     for change, *fragments in cases:
-        refused_on_load(meta(change), model, *fragments)
-    # no metadata at all, or metadata that is not JSON
-    no_meta = rewrite(data, lambda m: {k: v for k, v in m.items() if k != "h"})
-    refused_on_load(no_meta, model, "'h' is missing")
-    bare = rewrite(data, lambda m: {"h": m["h"]})
-    refused_on_load(bare, model, "no '__eqx_collective__' metadata")
-    not_json = rewrite(
-        data,
-        lambda m: {**m, "__eqx_collective__": np.frombuffer(b"{not json", np.uint8)},
+        refused(write(change), model, *fragments)
+    fewer = {k: v for k, v in arrays.items() if k != "h"}
+    refused(write(lambda m: None, fewer), model, "['h'] of its metadata are absent")
+    for text in ("{not json", "[" * 100_000 + "]" * 100_000):
+        safetensors.numpy.save_file(arrays, tmp("nojson"), {"eqx_collective": text})
+        refused(tmp("nojson"), model, "not valid JSON")
+    # a tensor name that nests deeply
+    deep = "[" * 100_000 + "]" * 100_000
+    record = {
+        **good["states"][0],
+        "path": [],
+        "leaves": [{"name": deep, "dtype": "float32"}],
+    }
+    file = write(lambda m: m.update(states=[record]), {deep: np.zeros(1, np.float32)})
+    refused(file, model, "is not a valid path")
+
+
+def test_a_file_of_another_model(tmp):
+    ec.save_states(tmp(), make_model(0, n_layers=2))
+    # other shapes: refused, naming the path and the shapes
+    wider = eqx.tree_at(lambda m: m.h, make_model(0), ec.HiddenState(jnp.zeros(5)))
+    refused(tmp(), wider, "another model", "'h'", "float32[5]", "float32[4]")
+    # other keys entirely: refused even without `strict`
+    refused(tmp(), holder(jnp.zeros(1)), "none of its", "another model")
+    # some keys in common: a partial load, reported
+    fewer = make_model(1, n_layers=1)
+    loaded, unexpected, missing, converted = ec.load_states(tmp(), fewer)
+    assert unexpected == [
+        ("layers", 1, "weight", "bias"),
+        ("layers", 1, "weight", "weight"),
+    ]
+    assert missing == converted == []
+    assert leaves(loaded.h) == leaves(make_model(0).h)
+    refused(tmp(), fewer, "strict=True", "unexpected", strict=True)
+
+
+def test_shared_flags_and_ensemble_axes_must_agree(tmp):
+    ensemble = make_model(0, ensemble=2)  # `count` is shared
+    batched = eqx.tree_at(
+        lambda m: m.count, ensemble, ec.LongTermState(ensemble.count.value)
     )
-    refused_on_load(not_json, model, "corrupted")
+    ec.save_states(tmp("e"), ensemble)
+    ec.save_states(tmp("b"), batched)
+    refused(tmp("e"), batched, "'count'", "saved shared")
+    refused(tmp("b"), ensemble, "'count'", "saved batched")
+    # the same shapes, but one is an ensemble of 4 and the other a single model
+    single = ec.HiddenState(jnp.zeros((4, 2)))
+    members = ec.HiddenState(jnp.zeros((4, 2)), ensemble_shape=(4,))
+    ec.save_states(tmp("m"), holder(members.value))
+    ec.save_states(tmp("m"), Holder(ec.State(jnp.zeros(2)), members))
+    refused(
+        tmp("m"), Holder(ec.State(jnp.zeros(2)), single), "'s'", "ensemble axes (4,)"
+    )
 
 
-def test_load_under_a_dtype_change_is_checked():
-    """A file whose dtype differs from the model's: safe casts only."""
-    floats = Odd(ec.State(jnp.zeros(3, jnp.float32)))
-    halves = Odd(ec.State(jnp.ones(3, jnp.float16)))
-    loaded = load_bytes(saved(halves), floats).model  # float16 -> float32: safe
-    assert loaded.s.value.dtype == jnp.float32
-    assert np.array_equal(loaded.s.value, np.ones(3))
-    refused_on_load(saved(floats), halves, "'s'", "float16[3]", "float32[3]")
+# ------------------------------------------------------------------ orbax
+
+SHARDED = textwrap.dedent(
+    """
+    import os, sys, tempfile, time
+    import brainunit as u, equinox as eqx, jax, jax.numpy as jnp, numpy as np
+    import eqx_collective as ec
+    from eqx_collective import nn
+
+    assert jax.device_count() == 8, jax.devices()
+
+    def make(key):
+        model = nn.Sequential(nn.Linear(3, 4, key=key), nn.ValinaRNNCell(4, 2, key=key))
+        return ec.init_all_states(model, batch_size=2)
+
+    mesh = jax.sharding.Mesh(jax.devices(), ("ensemble",))
+    saved = ec.shard_ensemble(ec.make_ensemble(make, jax.random.key(0), 16), mesh)
+    target = ec.shard_ensemble(ec.make_ensemble(make, jax.random.key(1), 16), mesh)
+    w = saved.layers[0].weight.value["weight"]
+    assert len(w.sharding.device_set) == 8
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ckpt")
+        ec.save_sharded(path, saved)
+        ec.save_sharded(path, saved)  # overwrites
+        loaded, unexpected, missing, converted = ec.load_sharded(path, target)
+        assert unexpected == missing == converted == [], (unexpected, missing)
+        pairs = zip(jax.tree.leaves(loaded), jax.tree.leaves(saved), strict=True)
+        for a, b in pairs:
+            assert a.sharding == b.sharding, (a.sharding, b.sharding)
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        # restored into the target's own shardings, whatever they are
+        mesh2 = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("ensemble", "x"))
+        other = ec.shard_ensemble(target, mesh2)
+        loaded2 = ec.load_sharded(path, other).model
+        w2 = loaded2.layers[0].weight.value["weight"]
+        assert w2.sharding == other.layers[0].weight.value["weight"].sharding
+        assert np.array_equal(np.asarray(w2), np.asarray(w))
+        # typed PRNG keys and units, sharded too
+        class Agent(eqx.Module):
+            w: ec.ParamState
+            key: ec.State
+            v: ec.HiddenState
+
+        def agent(key):
+            k1, k2 = jax.random.split(key)
+            w = ec.ParamState(jax.random.normal(k1, (4,)))
+            return Agent(w, ec.State(k2), ec.HiddenState(jnp.ones(3) * u.mV))
+
+        agents = ec.shard_ensemble(ec.make_ensemble(agent, jax.random.key(2), 8), mesh)
+        fresh = ec.shard_ensemble(ec.make_ensemble(agent, jax.random.key(3), 8), mesh)
+        ec.save_sharded(path, agents)
+        got = ec.load_sharded(path, fresh).model
+        assert got.key.value.sharding == agents.key.value.sharding
+        data = jax.random.key_data
+        assert np.array_equal(data(got.key.value), data(agents.key.value))
+        assert got.v.value.unit == u.mV
+        # `rename` works here too, and may leave leaves out
+        drop = ec.load_sharded(path, fresh, rename=lambda p: None if p == ("v",) else p)
+        assert drop.missing == [("v",)] and drop.unexpected == []
+        # `load_states` (one file) also returns a sharded model sharded the same way
+        file = os.path.join(d, "agents.safetensors")
+        ec.save_states(file, agents)
+        got = ec.load_states(file, fresh).model
+        assert got.w.value.sharding == fresh.w.value.sharding
+        assert np.array_equal(np.asarray(got.w.value), np.asarray(agents.w.value))
+        # refusals: another model's checkpoint, a non-checkpoint directory
+        try:
+            ec.load_sharded(path, ec.make_ensemble(agent, jax.random.key(1), 4))
+        except ValueError as e:
+            assert "another model" in str(e), e
+        else:
+            raise AssertionError("a checkpoint of 8 members loaded into 4")
+        try:
+            ec.load_sharded(d, target)
+        except FileNotFoundError as e:
+            assert "no checkpoint written by `save_sharded`" in str(e), e
+        else:
+            raise AssertionError("a plain directory loaded")
+    print("sharded ok")
+    """
+)
+
+
+def test_sharded_ensembles_save_and_load_on_eight_devices():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sharded ok" in out.stdout

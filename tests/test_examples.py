@@ -124,7 +124,7 @@ def test_checkpoint(tmp_path, capsys):
     assert result["ensemble_exact"]
     assert result["all_exact"]
     assert result["mismatch_refused"]
-    assert result["partial_missing"] == [("layers", 2, "weight")]
+    assert result["partial_missing"] == [("layers", 2, "weight", "weight")]
     assert result["partial_unexpected"] == [("layers", 2, "weight", "weight")]
     for path in result["files"].values():
         assert Path(path).parent == tmp_path and Path(path).is_file()
