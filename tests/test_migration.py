@@ -477,7 +477,5 @@ def test_every_array_counts(key):
     restored = ec.assign_state_values(other, snapshot, strict=True).model
     assert all(
         bool(jnp.all(a == b))
-        for a, b in zip(
-            jax.tree.leaves(restored), jax.tree.leaves(mlp), strict=True
-        )
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(mlp), strict=True)
     )
