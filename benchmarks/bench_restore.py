@@ -21,9 +21,12 @@ import eqx_collective as ec
 
 
 try:
-    from _common import interleaved_medians
+    from _common import import_brainstate, interleaved_medians, row
 except ImportError:  # imported as `benchmarks.bench_restore`
-    from ._common import interleaved_medians
+    from ._common import import_brainstate, interleaved_medians, row
+
+AREA = "restore"
+TARGET = 5.0
 
 
 class _Layer(eqx.Module):
@@ -68,23 +71,9 @@ def _make_brainstate_model(n: int, size: int):
     return Model()
 
 
-def _median_time(fn, repeats: int) -> float:
-    return interleaved_medians([fn], repeats)[0]
-
-
 def run(quick: bool = False) -> list[dict]:
-    """Runs the benchmark.
-
-    **Arguments:**
-
-    - `quick`: tiny sizes and few repeats (a smoke run).
-
-    **Returns:**
-
-    A list of rows `{'name': str, 'seconds': float, 'ratio': float | None}`; `ratio` is
-    brainstate's time over ours for the rows that have a brainstate counterpart (when
-    brainstate is importable), else `None`.
-    """
+    """Runs the benchmark; returns rows in the format of `_common.row`, each eager
+    restore compared with brainstate's `assign_state_values` (when importable)."""
     n, size, repeats = (8, 2, 3) if quick else (400, 4, 25)
     model = _make_model(n, size)
     by_state = ec.state_values(model)
@@ -100,72 +89,43 @@ def run(quick: bool = False) -> list[dict]:
         lambda: check(ec.assign_state_values(model, by_leaf)),
         lambda: check(ec.assign_state_values(model, by_dotted)),
     ]
-    try:
-        import brainstate
-    except ImportError:
-        brainstate = None
-    if brainstate is not None:
+    bst = import_brainstate()
+    if bst is not None:
         bs_model = _make_brainstate_model(n, size)
         bs_snapshot = {p: s.value for p, s in bs_model.states().items()}
         # Sanity: the same key set, and brainstate's call matches them all.
-        unexpected, missing = brainstate.nn.assign_state_values(bs_model, bs_snapshot)
+        unexpected, missing = bst.nn.assign_state_values(bs_model, bs_snapshot)
         assert not unexpected and not missing, (unexpected, missing)
         assert len(bs_snapshot) == len(by_state)
-        fns.append(lambda: brainstate.nn.assign_state_values(bs_model, bs_snapshot))
+        fns.append(lambda: bst.nn.assign_state_values(bs_model, bs_snapshot))
     times = interleaved_medians(fns, repeats)
-    ours_state, ours_leaf, ours_dotted = times[:3]
-    bs_time = times[3] if brainstate is not None else None
-    rows = []
-    if bs_time is not None:
-        rows.append(
-            {"name": f"brainstate assign_state_values ({n} states)", "seconds": bs_time}
+    ref = "brainstate" if bst is not None else None
+    bs_time = times[3] if bst is not None else None
+    target = (
+        f"restore (assign_state_values, state-level): >= {TARGET:g}x faster than "
+        "brainstate",
+        None if bs_time is None else bs_time / times[0] >= TARGET,
+    )
+    rows = [
+        row(AREA, f"assign_state_values, {what}", t, ref, bs_time, "", goal)
+        for what, t, goal in (
+            (f"state-level ({n} states)", times[0], target),
+            (f"leaf-level ({2 * n} leaves)", times[1], None),
+            (f"dotted leaf keys ({2 * n} leaves)", times[2], None),
         )
-
-    def ratio(t):
-        return None if bs_time is None else bs_time / t
-
-    rows.append(
-        {
-            "name": f"assign_state_values, state-level ({n} states)",
-            "seconds": ours_state,
-            "ratio": ratio(ours_state),
-        }
-    )
-    rows.append(
-        {
-            "name": f"assign_state_values, leaf-level ({2 * n} leaves)",
-            "seconds": ours_leaf,
-            "ratio": ratio(ours_leaf),
-        }
-    )
-    rows.append(
-        {
-            "name": f"assign_state_values, dotted leaf keys ({2 * n} leaves)",
-            "seconds": ours_dotted,
-            "ratio": ratio(ours_dotted),
-        }
-    )
-
+    ]
     assign_jit = eqx.filter_jit(lambda m, s: ec.assign_state_values(m, s).model)
 
-    def jitted(m, s):
-        return jax.block_until_ready(assign_jit(m, s))
+    def jitted():
+        return jax.block_until_ready(assign_jit(model, by_state))
 
-    jitted(model, by_state)
-    rows.append(
-        {
-            "name": f"assign_state_values under eqx.filter_jit, cached ({n} states)",
-            "seconds": _median_time(lambda: jitted(model, by_state), repeats),
-            "ratio": None,
-        }
-    )
-
-    for row in rows:
-        row.setdefault("ratio", None)
+    jitted()
+    name = f"assign_state_values under eqx.filter_jit, cached ({n} states)"
+    rows.append(row(AREA, name, interleaved_medians([jitted], repeats)[0]))
     return rows
 
 
 if __name__ == "__main__":
-    from run import cli, normalise_restore
+    from run import cli
 
-    cli(run, __doc__, normalise_restore)
+    cli(run, __doc__)

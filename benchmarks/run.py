@@ -35,10 +35,6 @@ if HERE not in sys.path:
 AREAS = ("collective", "rollout", "dispatch", "ensemble", "restore", "checkpoint")
 RESULTS = os.path.join(HERE, "RESULTS.md")
 
-# bench_restore.py's rows are `{'name', 'seconds', 'ratio'}` with ratio = brainstate /
-# ours; these are the rows it times against brainstate, and the restore target.
-RESTORE_TARGET = 5.0
-
 
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
@@ -56,41 +52,6 @@ def _fmt_ratio(ratio: float | None, ref: str | None) -> str:
     if ratio is None:
         return "n/a"
     return f"{ratio:.2f}x"
-
-
-def normalise_restore(rows: list[dict]) -> list[dict]:
-    """bench_restore's rows (`{'name', 'seconds', 'ratio'}`, ratio = brainstate /
-    ours) in the common format, with the restore target on the state-level row."""
-    from _common import row
-
-    out = []
-    for r in rows:
-        if r["name"].startswith("brainstate "):
-            continue  # its time is the reference column of the rows compared to it
-        # The eager assign rows have a brainstate counterpart ("n/a" without it).
-        compared = (
-            r["name"].startswith("assign_state_values, ") and "jit" not in (r["name"])
-        )
-        ratio = r.get("ratio")
-        target = None
-        if r["name"].startswith("assign_state_values, state-level"):
-            target = (
-                f"restore (assign_state_values, state-level): >= {RESTORE_TARGET:g}x "
-                "faster than brainstate",
-                None if ratio is None else ratio >= RESTORE_TARGET,
-            )
-        out.append(
-            row(
-                "restore",
-                r["name"],
-                r["seconds"],
-                "brainstate" if compared else None,
-                r["seconds"] * ratio if ratio is not None else None,
-                "",
-                target,
-            )
-        )
-    return out
 
 
 def collect(quick: bool, only: tuple[str, ...] = AREAS, verbose: bool = True):
@@ -173,7 +134,7 @@ def print_table(rows: list[dict], quick: bool = False) -> None:
         print("\n".join(targets))
 
 
-def cli(run_fn, doc: str, normalise=lambda rows: rows) -> None:
+def cli(run_fn, doc: str) -> None:
     """The command line of one benchmark module: `python benchmarks/bench_x.py
     [--quick] [--json]` runs it alone and prints its table (or, with `--json`, its rows
     as JSON, which is how `run.py` collects them)."""
@@ -183,7 +144,7 @@ def cli(run_fn, doc: str, normalise=lambda rows: rows) -> None:
     args = parser.parse_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = normalise(run_fn(args.quick))
+        rows = run_fn(args.quick)
     if args.json:
         print(json.dumps(rows))
     else:

@@ -517,9 +517,10 @@ def test_a_pickle_payload_is_refused_not_executed(tmp):
     header = {"__metadata__": {"eqx_collective": payload.decode("latin-1")}}
     refused(raw_file(tmp("meta"), header), make_model(), "not valid JSON")
     assert not flag.exists()
-    pickle.loads(
-        payload
-    )  # (the payload does run when unpickled: the test would see it)
+    with warnings.catch_warnings():  # the payload leaves its file open, on purpose
+        warnings.simplefilter("ignore", ResourceWarning)
+        pickle.loads(payload)  # (it does run when unpickled: the test would see it)
+        gc.collect()
     assert flag.read_text() == "executed"
 
 
@@ -736,7 +737,7 @@ SHARDED = textwrap.dedent(
         try:
             ec.load_sharded(path, ec.make_ensemble(agent, jax.random.key(1), 4))
         except ValueError as e:
-            assert "another model" in str(e), e
+            assert "ensemble axes (8,), (4,) in the model" in str(e), e
         else:
             raise AssertionError("a checkpoint of 8 members loaded into 4")
         try:
