@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from ._ensemble import place
-from ._module import rebuild
+from ._fields import rebuild
 from ._paths import (
     as_path,
     is_value_leaf,

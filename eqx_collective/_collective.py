@@ -1,7 +1,6 @@
 """Collective calls: `call_order`, `call_all_fns`, `collect_all_fns`, `init_all_states`,
 `reset_all_states`."""
 
-import functools
 import inspect
 import os
 import sys
@@ -13,8 +12,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
+from ._fields import ClassCache, method
 from ._filters import Filter, to_predicate
-from ._module import method
 from ._ordered_method import OrderedMethod
 from ._paths import Path, path_hash, path_repr
 from ._walk import holds_arrays, iter_nodes, iter_states, walk
@@ -72,11 +71,21 @@ def call_order(level: int = 0, check_order_boundary: bool = True) -> Callable:
     return decorator
 
 
-@functools.cache
+_KEY_PARAMETERS = ClassCache()  # {id(cls): {fn_name: kind}}
+
+
 def _key_parameter(cls: type, fn_name: str) -> Literal["none", "optional", "required"]:
     """Whether `cls.fn_name` takes a `key` argument, and whether it must be given."""
+    known = _KEY_PARAMETERS.get(id(cls)) or _KEY_PARAMETERS.put(cls, {})
+    kind = known.get(fn_name)
+    if kind is None:
+        kind = known[fn_name] = _read_key_parameter(getattr(cls, fn_name))
+    return kind
+
+
+def _read_key_parameter(fn: Any) -> Literal["none", "optional", "required"]:
     try:
-        param = inspect.signature(getattr(cls, fn_name)).parameters.get("key")
+        param = inspect.signature(fn).parameters.get("key")
     except (TypeError, ValueError):  # no signature to read (a builtin, say)
         return "none"
     if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

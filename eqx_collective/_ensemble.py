@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Bool, Int, PyTree
 
 from ._checks import positive_int
-from ._module import replace_fields
+from ._fields import replace_fields
 from ._paths import is_state, iter_leaves, path_repr
 from ._state import is_shared, State
 from ._walk import iter_states, map_states

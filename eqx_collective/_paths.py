@@ -7,6 +7,7 @@ import brainunit as u
 import equinox as eqx
 import jax.tree_util as jtu
 
+from ._fields import ClassCache
 from ._state import State
 
 
@@ -78,17 +79,17 @@ def path_hash(path: Path) -> int:
 # These run on every node and leaf of every traversal, so the answer is cached per
 # type: `isinstance` on an `eqx.Module` asks for its `__class__` through Equinox's slow
 # `__getattribute__`, and even `issubclass` goes through `abc` for a `State`.
-_KINDS: dict[type, tuple[bool, bool, bool]] = {}
+_KINDS = ClassCache()
 
 
 def _kind(x: Any) -> tuple[bool, bool, bool]:
     """`(is a node, is a state, is a Quantity)` for the type of `x`."""
     cls = type(x)
-    kind = _KINDS.get(cls)
+    kind = _KINDS.get(id(cls))
     if kind is None:
         state = issubclass(cls, State)
         node = issubclass(cls, eqx.Module) and not state
-        kind = _KINDS[cls] = (node, state, issubclass(cls, u.Quantity))
+        kind = _KINDS.put(cls, (node, state, issubclass(cls, u.Quantity)))
     return kind
 
 

@@ -5,6 +5,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from ._checks import positive_int
@@ -17,9 +18,9 @@ from ._ensemble import (
     record,
     split_members,
 )
+from ._fields import replace_fields
 from ._filters import Filter, to_predicate
-from ._module import replace_fields
-from ._paths import path_repr
+from ._paths import iter_leaves, path_repr
 from ._walk import map_states
 
 
@@ -70,27 +71,55 @@ def _over_members(fn, model, key, level: _Level):
     else:
         sharding = (_recorded(model) or ((), None))[1]
         batched, rest = split_members(record(model, None))
+        _check_leading_axes(batched, level)
 
     def per_member(batched, key):
         member = rest if batched is None else eqx.combine(batched, rest)
         return split_members(map_states(mark_shared, fn(member, key), views=False))
 
-    keys = _member_keys(key, level.size)
+    out = _vmap(per_member, batched, _member_keys(key, level.size), level)
+    return place(record(eqx.combine(*out), level.size, sharding), sharding)
+
+
+def _vmap(per_member, batched, keys, level: _Level):
+    """`eqx.filter_vmap` of `per_member(batched, key)`, whose second output (the
+    shared part) must be the same for every member."""
+    failed = []
+
+    def run(batched, key):
+        try:
+            return per_member(batched, key)
+        except Exception:
+            failed.append(True)  # an error of the member's own code: passed on as is
+            raise
+
     in_axes = (None if batched is None else 0, None if keys is None else 0)
     try:
-        out = eqx.filter_vmap(
-            per_member, in_axes=in_axes, out_axes=(0, None), axis_size=level.size
+        return eqx.filter_vmap(
+            run, in_axes=in_axes, out_axes=(0, None), axis_size=level.size
         )(batched, keys)
     except ValueError as e:
-        if "out_axes" not in str(e):
+        if failed:
             raise
+        # The inputs' axes were checked, so what JAX refuses here is the output.
         raise ValueError(
             f"`{level.op}`: a shared state (marked by `state_to_exclude`, or a "
             "`NonBatchState`) was given a different value for each member. Shared "
             "states are one copy for the whole ensemble, so they must not depend on the "
             f"member's key or batched values. JAX reports: {e}"
         ) from None
-    return place(record(eqx.combine(*out), level.size, sharding), sharding)
+
+
+def _check_leading_axes(batched, level: _Level) -> None:
+    """Refuses an ensemble whose arrays do not lead with the axis its record names."""
+    for path, x in iter_leaves(batched):
+        if jnp.ndim(x) == 0 or jnp.shape(x)[0] != level.size:
+            raise ValueError(
+                f"`{level.op}`: the ensemble records {level.size} members, but the "
+                f"array at path {path_repr(path)} has shape {jnp.shape(x)}. Build "
+                "ensembles with `make_ensemble`, `stack` or `vmap_init_all_states`, "
+                "which keep the record and the arrays in step."
+            )
 
 
 def _run(model, call: Call, key, state_to_exclude):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._module import rebuild
+from ._fields import ClassCache, rebuild
 from ._paths import _kind, is_value_leaf, keypath_to_path, Path, path_repr
 from ._state import LongTermState, ParamState, State
 
@@ -106,7 +106,7 @@ def holds_arrays(value: Any) -> bool:
 
 _ArrayImpl = type(jnp.zeros(()))
 _STATE, _MODULE, _INDEX, _SEQUENCE, _DICT, _LEAF, _OTHER, _ARRAY, _EQX_STATE = range(9)
-_HOW: dict[type, tuple[int, tuple[str, ...]]] = {type(None): (_LEAF, ())}
+_HOW = ClassCache()
 _INEXACT: dict[Any, bool] = {}
 _get = object.__getattribute__
 _ABSENT = object()
@@ -116,11 +116,13 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
     """How to traverse `x`, and for a module its dynamic fields; cached per type."""
     cls = type(x)
     node, state, quantity = _kind(x)
-    if state:
+    if x is None:
+        how = (_LEAF, ())
+    elif state:
         how = (_STATE, ())
     elif cls is eqx.nn.State:
         how = (_EQX_STATE, ())
-    elif node and cls.__dictoffset__:
+    elif node and cls.__dictoffset__ and _reads_like_jax(x):
         fields = tuple(
             f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")
         )
@@ -137,8 +139,22 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
         treedef = jtu.tree_structure(x, is_leaf=lambda y: y is not x)
         leaf = treedef.num_nodes == 1 and treedef.num_leaves == 1
         how = (_LEAF if leaf else _OTHER, ())
-    _HOW[cls] = how
-    return how
+    return _HOW.put(cls, how)
+
+
+def _reads_like_jax(x: eqx.Module) -> bool:
+    """Whether reading `x`'s dynamic fields from its `__dict__` in declaration order,
+    and rebuilding it with `rebuild`, agree with `jax.tree_util` (checked once per
+    class): if a future Equinox flattened a module otherwise, the walk would take the
+    general path for it instead."""
+    children, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    names = [getattr(kp[0], "name", None) for kp, _ in children]
+    old = _get(x, "__dict__")
+    dynamic = [f.name for f in dataclasses.fields(x) if not f.metadata.get("static")]
+    if names != [n for n in dynamic if n in old]:
+        return False
+    new = _get(jtu.tree_unflatten(treedef, [c for _, c in children]), "__dict__")
+    return new.keys() == old.keys() and all(new[k] is old[k] for k in old)
 
 
 def _is_inexact(x: Any) -> bool:
@@ -193,7 +209,7 @@ class _Walk:
         within = self.within
         if within is not None and path not in within:
             return x
-        how, fields = _HOW.get(type(x)) or _how(x)
+        how, fields = _HOW.get(id(type(x))) or _how(x)
         if how == _LEAF:
             return x
         if how == _STATE:

@@ -302,3 +302,22 @@ def test_errors_change_nothing():
     assert all(
         x is y for x, y in zip(jax.tree_util.tree_leaves(model), before, strict=True)
     )
+
+
+def test_warnings_point_at_the_callers_line(key):
+    ens = ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), key, 2)
+    single = ec.nn.Sequential(ec.nn.Linear(2, 2, key=key), eqx.nn.Identity())
+    for call in (
+        lambda: ec.call_all_fns(single, "nope", fn_if_not_exist="warn"),
+        lambda: ec.vmap_call_all_fns(ens, "nope", fn_if_not_exist="warn"),
+    ):
+        with pytest.warns(UserWarning, match="no method `nope`") as record:
+            call()
+        assert record[0].filename == __file__, record[0].filename
+
+
+def test_a_key_of_the_wrong_type_names_key_and_the_operation(key):
+    model = ec.nn.Linear(2, 2, key=key)
+    for op in (ec.init_all_states, ec.reset_all_states, ec.vmap_init_all_states):
+        with pytest.raises(TypeError, match=f"`{op.__name__}` takes `key=` a JAX"):
+            op(model, key=0)

@@ -3,6 +3,7 @@ from typing import Any, NamedTuple
 
 import brainunit as u
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import pytest
@@ -144,3 +145,26 @@ def test_walk_refuses_unsortable_dict_keys_as_jax_does():
     tree = {1: ec.ParamState(jnp.zeros(1)), "x": ec.ParamState(jnp.zeros(1))}
     with pytest.raises(ValueError, match="sorting"):
         iter_states(tree, views=False)
+
+
+def test_per_class_caches_keep_no_class_alive():
+    import gc
+
+    from eqx_collective import _walk
+
+    class Plain:
+        pass
+
+    _walk._how(Plain())
+    assert id(Plain) in _walk._HOW
+    ident = id(Plain)
+    del Plain
+    gc.collect()
+    assert ident not in _walk._HOW
+
+
+def test_an_ensemble_whose_record_disagrees_with_its_arrays_is_refused():
+    ens = ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), jax.random.key(0), 3)
+    wrong = eqx.tree_at(lambda m: m.weight, ens, ec._ensemble.record(ens.weight, 5))
+    with pytest.raises(ValueError, match="records 5 members, but the array"):
+        ec.vmap_reset_all_states(wrong)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray, PyTree
 
 from .._checks import positive_int
-from .._module import replace_fields
+from .._fields import replace_fields
 from .._state import HiddenState
 from ._initialisers import Constant, Orthogonal, XavierNormal, ZERO_INIT
 from ._layer import StatefulLayer

@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .._ensemble import ensemble_size, member, split_members
-from .._module import replace_fields
+from .._fields import replace_fields
 from .._paths import is_value_leaf, iter_leaves, path_repr
 from .._views import leaf_values
 from .._walk import map_states

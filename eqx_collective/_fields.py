@@ -1,5 +1,5 @@
-"""Cheap operations on Equinox modules, for the hot paths of collective operations
-and layers.
+"""Reading and replacing the fields of Equinox modules cheaply, for the hot paths of
+collective operations and layers; and `ClassCache`, for what is worked out per class.
 
 Equinox answers attribute access through its own `__getattribute__`: reading a method
 builds a bound-method module (tens of µs), and `eqx.tree_at` flattens the whole module
@@ -7,6 +7,7 @@ builds a bound-method module (tens of µs), and `eqx.tree_at` flattens the whole
 do the same things directly.
 """
 
+import weakref
 from typing import Any, TypeVar
 
 import equinox as eqx
@@ -43,3 +44,15 @@ def rebuild(module: M, fields: dict[str, Any]) -> M:
     new_fields.update(object.__getattribute__(module, "__dict__"))
     new_fields.update(fields)
     return new
+
+
+class ClassCache(dict):
+    """A dict from classes to what was worked out for them, keyed by `id` so that it
+    keeps no class alive (as Equinox's own per-class caches are weak): an entry goes
+    when its class does. Look up with `cache.get(id(cls))`."""
+
+    def put(self, cls: type, value: Any) -> Any:
+        if id(cls) not in self:
+            weakref.finalize(cls, self.pop, id(cls), None)
+        self[id(cls)] = value
+        return value
