@@ -1,0 +1,505 @@
+"""`filter_jit`: `eqx.filter_jit`'s semantics at close to `jax.jit`'s per-call cost.
+
+## Design
+
+`eqx.filter_jit` splits every call's arguments into arrays (traced) and everything else
+(static, hashed) by flattening them with `jax.tree_util`, and rebuilds its outputs the
+same way. On a model of hundreds of modules that Python work is most of the call: every
+module is flattened and unflattened by Equinox's Python functions, and the static part,
+a tree as large as the model, is hashed and compared.
+
+Here that work is specialised, once per argument structure, into generated Python code:
+
+- A *structure* is what `eqx.filter_jit` keys its cache on: the pytree structure of the
+    arguments, every module's static fields and every non-array leaf (compared with
+    `==`), and where the arrays (`eqx.is_array` leaves) are. `_flatten` computes it as a
+    flat tuple of tokens, with the arrays, in one pass that reads each module's
+    `__dict__` directly (Equinox's own flatten, called through `jax.tree_util` for each
+    module, costs several times more; `_paths.walk` does the same for the same reason).
+- For each structure met, an *entry* holds a `jax.jit` of the function over the flat
+    lists of arrays, and two generated functions: a *matcher*, straight-line code that
+    checks that a call's arguments have exactly this structure (every type, length,
+    dict key, static value) and returns their arrays, and a *builder*, straight-line code
+    that rebuilds the argument trees from a list of arrays (used inside the trace).
+    The outputs get a builder too, generated when the function is traced and carried out
+    of `jax.jit` as the auxiliary data of the output pytree.
+- A call first runs the matcher of the entry that served the previous call, which is
+    what a training loop hits every step: the arguments are the trees the previous step
+    returned, of the same structure. Only when it fails is the structure computed and
+    looked up (hashed), as `eqx.filter_jit` does on every call.
+
+Nothing is assumed about argument identity: every call checks every node, so a tree
+mutated in place (a dict entry replaced, a list appended to) is seen like any other.
+The per-call Python work is one pass of generated code over the nodes of the arguments
+and one over the nodes of the outputs, with no per-node dispatch, hashing or tree
+allocation besides the output's.
+"""
+
+import dataclasses
+import functools as ft
+import inspect
+import types
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+
+_ARRAYS = (jax.Array, np.ndarray, np.generic)  # what `eqx.is_array` traces
+_MISSING = object()  # a module field absent from its instance's `__dict__`
+_ARRAY = object()  # the token of an array leaf
+_STATIC = object()  # the token before a static (non-array) leaf
+_DONATE = {
+    # donate: (suppress the unusable-buffer warnings, donate the first argument,
+    # donate the other arguments and the function's own arrays)
+    "all": (True, True, True),
+    "all-except-first": (True, False, True),
+    "warn": (False, True, True),
+    "warn-except-first": (False, False, True),
+    "none": (False, False, False),
+}
+
+_LEAF, _STATIC_LEAF, _NONE, _MODULE, _TUPLE, _LIST, _DICT, _NAMEDTUPLE, _OTHER = range(9)
+_KINDS: dict[type, tuple[int, Any]] = {type(None): (_NONE, None)}
+_get = object.__getattribute__
+
+
+def _kind(x: Any) -> tuple[int, Any] | None:
+    """How `jax.tree_util` sees `x`, with what a traversal needs: for an Equinox module,
+    `(dynamic field names, static field names)`; cached per type. (`None`: ask
+    `jax.tree_util`.)"""
+    cls = type(x)
+    if isinstance(x, _ARRAYS):  # (a tracer is a `jax.Array` by `isinstance` only)
+        kind = (_LEAF, None)
+    elif issubclass(cls, eqx.Module) and cls.__dictoffset__:
+        fields = dataclasses.fields(cls)
+        dynamic = tuple(f.name for f in fields if not f.metadata.get("static"))
+        static = tuple(f.name for f in fields if f.metadata.get("static"))
+        kind = (_MODULE, (dynamic, static))
+    elif cls is tuple:
+        kind = (_TUPLE, None)
+    elif cls is list:
+        kind = (_LIST, None)
+    elif cls is dict:
+        kind = (_DICT, None)
+    elif issubclass(cls, tuple) and hasattr(cls, "_fields"):
+        kind = (_NAMEDTUPLE, None)
+    else:  # registration is per type: an unregistered type's instances are leaves
+        treedef = _one_level(x)[1]
+        leaf = treedef.num_nodes == 1 and treedef.num_leaves == 1
+        kind = (_STATIC_LEAF if leaf else _OTHER, None)
+    _KINDS[cls] = kind
+    return kind
+
+
+def _one_level(x: Any) -> tuple[list, Any]:
+    """`x`'s children and a one-level treedef (a leaf has none, and a `*` treedef)."""
+    return jtu.tree_flatten(x, is_leaf=lambda y: y is not x)
+
+
+def _node(x: Any) -> tuple[int, Any]:
+    """`(kind, info)` of `x`. Modules holding Equinox's wrapper fields
+    (`module_update_wrapper`) and unregistered types go through `jax.tree_util`."""
+    kind = _KINDS.get(type(x)) or _kind(x)
+    if kind[0] == _MODULE:
+        dynamic, static = kind[1]
+        if len(_get(x, "__dict__")) != len(dynamic) + len(static):
+            return _OTHER, None
+    elif kind[0] == _DICT:
+        try:
+            keys = sorted(x)
+        except TypeError:  # unsortable keys: `jax.tree_util` decides the order
+            return _OTHER, None
+        return _DICT, tuple(keys)
+    return kind
+
+
+def _flatten(x: Any, leaves: list, key: list) -> None:
+    """Appends the arrays of `x` to `leaves` and the tokens of its structure to `key`:
+    equal token lists if and only if `eqx.filter_jit` would see equal static parts."""
+    kind, info = _node(x)
+    if kind == _LEAF:
+        leaves.append(x)
+        key.append(_ARRAY)
+    elif kind == _STATIC_LEAF:
+        key.append(_STATIC)
+        key.append(x)
+    elif kind == _NONE:
+        key.append(None)
+    elif kind == _MODULE:
+        d = _get(x, "__dict__")
+        key.append(type(x))
+        for name in info[1]:
+            key.append(d.get(name, _MISSING))
+        for name in info[0]:
+            child = d.get(name, _MISSING)
+            if child is _MISSING:
+                key.append(_MISSING)
+            else:
+                _flatten(child, leaves, key)
+    elif kind in (_TUPLE, _LIST, _NAMEDTUPLE):
+        key.append(type(x))
+        key.append(len(x))
+        for child in x:
+            _flatten(child, leaves, key)
+    elif kind == _DICT:
+        key.append(dict)
+        key.append(info)
+        for k in info:
+            _flatten(x[k], leaves, key)
+    else:
+        children, treedef = _one_level(x)
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a leaf
+            key.append(_STATIC)
+            key.append(x)
+        else:
+            key.append(treedef)
+            for child in children:
+                _flatten(child, leaves, key)
+
+
+class _Code:
+    """Generated straight-line code for one tree structure: a matcher
+    `match(x) -> list of arrays | None` and a builder `build(leaves) -> tree`."""
+
+    def __init__(self, example: Any, name: str):
+        self.consts: dict[str, Any] = {}
+        self.match_lines: list[str] = []
+        self.build_lines: list[str] = []
+        self.leaf_vars: list[str] = []
+        self.count = 0
+        root = self._visit(example, "x")
+        match = "\n    ".join(self.match_lines)
+        leaves = ", ".join(self.leaf_vars)
+        unpack = f"{leaves}, = L" if self.leaf_vars else "pass"
+        build = "\n    ".join(self.build_lines)
+        src = (
+            f"def match(x):\n    {match}\n    return [{leaves}]\n\n"
+            f"def build(L):\n    {unpack}\n    {build}\n    return {root}\n"
+        )
+        ns = dict(self.consts, _get=_get, _new=object.__new__, _arrays=_ARRAYS)
+        ns.update(_set=object.__setattr__, _missing=_MISSING, _one=_one_level)
+        exec(compile(src, f"<filter_jit {name}>", "exec"), ns)  # noqa: S102
+        self.match: Callable[[Any], list | None] = ns["match"]
+        self.build: Callable[[list], Any] = ns["build"]
+        self.num_leaves = len(self.leaf_vars)
+
+    def _const(self, value: Any) -> str:
+        name = f"K{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def _var(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+    def _fail_unless(self, cond: str) -> None:
+        self.match_lines.append(f"if not ({cond}): return None")
+
+    def _static(self, var: str, value: Any) -> str:
+        """Matches `var` against the static `value`; returns the builder's name for
+        it."""
+        k = self._const(value)
+        self._fail_unless(
+            f"{var} is {k} or (not isinstance({var}, _arrays) and {k} == {var})"
+        )
+        return k
+
+    def _visit(self, x: Any, var: str) -> str:
+        """Emits the matcher's checks of `var` (holding a tree shaped like `x`) and the
+        builder's construction of it; returns the builder's expression for it."""
+        kind, info = _node(x)
+        if kind == _LEAF:
+            self._fail_unless(f"isinstance({var}, _arrays)")
+            self.leaf_vars.append(var)
+            return var
+        if kind == _STATIC_LEAF:
+            return self._static(var, x)
+        if kind == _NONE:
+            self._fail_unless(f"{var} is None")
+            return "None"
+        if kind == _MODULE:
+            return self._visit_module(x, var, *info)
+        if kind == _DICT:
+            keys = self._const(frozenset(info))
+            self._fail_unless(f"type({var}) is dict and {var}.keys() == {keys}")
+            parts = []
+            for k in info:
+                child, kname = self._var(), self._const(k)
+                self.match_lines.append(f"{child} = {var}[{kname}]")
+                parts.append(f"{kname}: {self._visit(x[k], child)}")
+            return self._emit(f"{{{', '.join(parts)}}}")
+        if kind in (_TUPLE, _LIST, _NAMEDTUPLE):
+            cls = self._const(type(x))
+            self._fail_unless(f"type({var}) is {cls} and len({var}) == {len(x)}")
+            parts = self._visit_children(list(x), var)
+            if kind == _TUPLE:
+                return self._emit(f"({''.join(p + ', ' for p in parts)})")
+            if kind == _LIST:
+                return self._emit(f"[{', '.join(parts)}]")
+            return self._emit(f"{cls}({', '.join(parts)})")
+        return self._visit_other(x, var)
+
+    def _visit_children(self, children: list, var: str) -> list[str]:
+        names = [self._var() for _ in children]
+        if names:
+            self.match_lines.append(f"{''.join(n + ', ' for n in names)}= {var}")
+        return [self._visit(c, n) for c, n in zip(children, names, strict=True)]
+
+    def _visit_module(self, x: Any, var: str, dynamic: tuple, static: tuple) -> str:
+        cls = self._const(type(x))
+        d = self._var()
+        self._fail_unless(f"type({var}) is {cls}")
+        self.match_lines.append(f"{d} = _get({var}, '__dict__')")
+        self._fail_unless(f"len({d}) == {len(dynamic) + len(static)}")
+        old = _get(x, "__dict__")
+        parts = []
+        for name in static:
+            s = self._var()
+            self.match_lines.append(f"{s} = {d}.get({name!r}, _missing)")
+            value = old.get(name, _MISSING)
+            k = self._static(s, value)
+            if value is not _MISSING:
+                parts.append(f"{name!r}: {k}")
+        for name in dynamic:
+            child = self._var()
+            self.match_lines.append(f"{child} = {d}.get({name!r}, _missing)")
+            value = old.get(name, _MISSING)
+            if value is _MISSING:
+                self._fail_unless(f"{child} is _missing")
+            else:
+                parts.append(f"{name!r}: {self._visit(value, child)}")
+        out = self._var()
+        self.build_lines.append(f"{out} = _new({cls})")
+        self.build_lines.append(f"_set({out}, '__dict__', {{{', '.join(parts)}}})")
+        return out
+
+    def _visit_other(self, x: Any, var: str) -> str:
+        children, treedef = _one_level(x)
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a static leaf
+            return self._static(var, x)
+        td, c, t = self._const(treedef), self._var(), self._var()
+        self.match_lines.append(f"{c}, {t} = _one({var})")
+        self._fail_unless(f"{t} == {td}")
+        parts = self._visit_children(children, c)
+        return self._emit(f"{td}.unflatten([{', '.join(parts)}])")
+
+    def _emit(self, expr: str) -> str:
+        out = self._var()
+        self.build_lines.append(f"{out} = {expr}")
+        return out
+
+
+class _Out:
+    """The static part of a traced function's output: the builder of its tree. It is
+    the auxiliary data of a childless pytree node, so `jax.jit` hands it back with the
+    output arrays, for the trace that produced them."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[list], Any]):
+        self.build = build
+
+
+jtu.register_pytree_node(_Out, lambda o: ((), o.build), lambda build, _: _Out(build))
+
+
+class _Entry:
+    """One argument structure: its generated code, the number of arrays in the first
+    argument, and the `jax.jit` of the function over flat lists of arrays."""
+
+    __slots__ = ("code", "n_first", "jitted")
+
+    def __init__(self, code: _Code, n_first: int, jitted: Callable):
+        self.code, self.n_first, self.jitted = code, n_first, jitted
+
+
+# Like `eqx.filter_jit`, compiled functions are shared by every wrapper of the same
+# Python function (held weakly), and by every wrapper of a callable object of the same
+# type name (its static part, compared per call, keeps them apart); so wrapping a
+# function anew, even on every call, does not retrace it.
+_FUNCTION_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_OTHER_CACHES: dict[tuple[str, str], dict] = {}
+
+
+def _cache_for(fn: Any) -> dict:
+    if type(fn) is types.FunctionType:
+        return _FUNCTION_CACHES.setdefault(fn, {})
+    cls = type(fn)
+    return _OTHER_CACHES.setdefault((cls.__module__, cls.__qualname__), {})
+
+
+def _unhashable_error(key: tuple, error: TypeError) -> TypeError:
+    for token in key:
+        try:
+            hash(token)
+        except TypeError:
+            return TypeError(
+                f"`filter_jit` holds every non-array leaf of the arguments static, and "
+                f"compares it between calls by hash and `==`, like `eqx.filter_jit`; "
+                f"but a leaf of type `{type(token).__name__}` ({token!r:.80}) is not "
+                f"hashable. Pass it as an array (`jnp.asarray`), make its type "
+                f"hashable, or close over it."
+            )
+    return error
+
+
+class _FilterJit:
+    """The function returned by [`eqx_collective.filter_jit`][]."""
+
+    def __init__(self, fn: Callable, donate: str):
+        if donate not in _DONATE:
+            raise ValueError(
+                f"`filter_jit(..., donate=...)` must be one of 'all', "
+                f"'all-except-first', 'warn', 'warn-except-first' or 'none', but got "
+                f"{donate!r}."
+            )
+        self._quiet, self._donate_first, self._donate_rest = _DONATE[donate]
+        self._fn = fn
+        self._signature = inspect.signature(fn)
+        self._name = getattr(fn, "__name__", type(fn).__name__)
+        fn_leaves, fn_key = [], []
+        _flatten(fn, fn_leaves, fn_key)
+        self._fn_leaves = fn_leaves
+        self._fn_code = _Code(fn, self._name)
+        self._prefix = (tuple(fn_key), self._donate_first, self._donate_rest)
+        self._cache = _cache_for(fn)
+        self._last: _Entry | None = None
+        ft.update_wrapper(self, fn, updated=())
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        bound = self._signature.bind(*args, **kwargs)
+        tree = (bound.args, bound.kwargs)
+        entry = self._last
+        leaves = None if entry is None else entry.code.match(tree)
+        if leaves is None:
+            entry, leaves = self._lookup(tree)
+            self._last = entry
+        if self._donate_rest:
+            if self._donate_first:
+                donated, kept = self._fn_leaves + leaves, []
+            else:
+                n = entry.n_first
+                donated, kept = self._fn_leaves + leaves[n:], leaves[:n]
+        else:
+            donated, kept = [], self._fn_leaves + leaves if self._fn_leaves else leaves
+        if self._quiet:
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Some donated buffers were not usable"
+                )
+                out_leaves, out = entry.jitted(donated, kept)
+        else:
+            out_leaves, out = entry.jitted(donated, kept)
+        return out.build(out_leaves)
+
+    def _lookup(self, tree: tuple) -> tuple[_Entry, list]:
+        """The entry for the structure of `tree` (made on first sight) and the arrays
+        of `tree`: the slow path, taken when the structure changes."""
+        leaves, tokens = [], []
+        _flatten(tree, leaves, tokens)
+        key = (self._prefix, tuple(tokens))
+        try:
+            entry = self._cache.get(key)
+        except TypeError as e:
+            raise _unhashable_error(key[0][0] + key[1], e) from e
+        if entry is None:
+            entry = self._cache[key] = self._make_entry(tree)
+        return entry, leaves
+
+    def _make_entry(self, tree: tuple) -> _Entry:
+        args = tree[0]
+        first = []
+        if args:
+            _flatten(args[0], first, [])
+        n_fn, n_first = len(self._fn_leaves), len(first)
+        code, fn_build = _Code(tree, self._name), self._fn_code.build
+        donate_first, donate_rest, name = (
+            self._donate_first,
+            self._donate_rest,
+            self._name,
+        )
+
+        def traced(donated: list, kept: list) -> tuple[list, _Out]:
+            if donate_first or not donate_rest:
+                leaves = donated + kept
+            else:  # the first argument's arrays are kept, the rest donated
+                leaves = donated[:n_fn] + kept + donated[n_fn:]
+            fn = fn_build(leaves[:n_fn])
+            args, kwargs = code.build(leaves[n_fn:])
+            out = fn(*args, **kwargs)
+            out_leaves = []
+            _flatten(out, out_leaves, [])
+            return out_leaves, _Out(_Code(out, name).build)
+
+        traced.__name__ = traced.__qualname__ = name
+        jitted = jax.jit(traced, donate_argnums=0 if donate_rest else ())
+        return _Entry(code, n_first, jitted)
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return ft.partial(self, instance)
+
+    def __repr__(self) -> str:
+        return f"filter_jit({self._fn!r})"
+
+
+Donate = Literal["all", "all-except-first", "warn", "warn-except-first", "none"]
+
+
+def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:
+    """`eqx.filter_jit` with a per-call cost close to `jax.jit` on a flat list of
+    arrays, however many modules the arguments hold.
+
+    The semantics are `eqx.filter_jit`'s: every JAX or NumPy array (`eqx.is_array`) in
+    the arguments, and in `fn` itself if it is a module, is traced; everything else
+    (Python scalars, static fields, `None`s, functions, ...) is static, and a call whose
+    static parts differ (by hash and `==`) from every earlier call's traces anew. The
+    output's arrays come back as JAX arrays and its other leaves as the Python objects
+    the trace returned. It retraces exactly when `eqx.filter_jit` would.
+
+    What differs is the cost of a call: `eqx.filter_jit` flattens, hashes and rebuilds
+    every module of the arguments and outputs through `jax.tree_util` on every call.
+    `filter_jit` generates, once per argument structure, code that checks a call's
+    arguments against that structure and collects their arrays in one pass, and code
+    that rebuilds the outputs; a training loop, whose arguments keep their structure
+    from step to step, runs only that code and `jax.jit`'s own dispatch. See
+    [Training loops](../concepts/training.md#keeping-dispatch-cheap-on-big-models).
+
+    Unlike `eqx.filter_jit`, a call returns without waiting for the computation (as
+    `jax.jit` does): a runtime error of `eqx.error_if` surfaces when the result is
+    used, and AOT lowering (`.lower`) is not provided.
+
+    **Arguments:**
+
+    - `fn`: the pure function to compile (or a callable module, whose arrays are traced).
+        Without it, returns a decorator: `@filter_jit(donate="all")`.
+    - `donate`: as for `eqx.filter_jit`: `'all'` donates the buffers of every argument
+        array (and of `fn`'s), `'all-except-first'` of all but the first argument's,
+        both without warning about unusable buffers; `'warn'` and
+        `'warn-except-first'` do the same but keep the warnings; `'none'` (the default)
+        donates nothing. A donated array cannot be used again.
+
+    **Returns:** the compiled function, called like `fn`.
+
+    !!! Example
+
+        ```python
+        @ec.filter_jit
+        def train_step(params, rest, opt_state, x, y):
+            ...
+            return params, opt_state, loss
+
+        for x, y in batches:
+            params, opt_state, loss = train_step(params, rest, opt_state, x, y)
+        ```
+    """
+    if fn is None:
+        return ft.partial(filter_jit, donate=donate)
+    return _FilterJit(fn, donate)
