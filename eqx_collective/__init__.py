@@ -31,6 +31,7 @@ from ._filters import (
     PathContains as PathContains,
     PathPrefix as PathPrefix,
 )
+from ._jit import filter_jit as filter_jit
 from ._partition import combine as combine, partition as partition
 from ._paths import as_path as as_path, Path as Path, path_str as path_str
 from ._state import (

@@ -51,6 +51,7 @@ import numpy as np
 
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)  # what `eqx.is_array` traces
+_FAST_ARRAYS = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # (a quicker test)
 _MISSING = object()  # a module field absent from its instance's `__dict__`
 _ARRAY = object()  # the token of an array leaf
 _STATIC = object()  # the token before a static (non-array) leaf
@@ -64,7 +65,9 @@ _DONATE = {
     "none": (False, False, False),
 }
 
-_LEAF, _STATIC_LEAF, _NONE, _MODULE, _TUPLE, _LIST, _DICT, _NAMEDTUPLE, _OTHER = range(9)
+_LEAF, _STATIC_LEAF, _NONE, _MODULE, _TUPLE, _LIST, _DICT, _NAMEDTUPLE, _OTHER = range(
+    9
+)
 _KINDS: dict[type, tuple[int, Any]] = {type(None): (_NONE, None)}
 _get = object.__getattribute__
 
@@ -163,59 +166,111 @@ def _flatten(x: Any, leaves: list, key: list) -> None:
                 _flatten(child, leaves, key)
 
 
+def _scan(x: Any, found: dict[int, tuple[bool, bool]]) -> tuple[bool, bool]:
+    """`(holds arrays, frozen)` for the subtree `x`, recorded in `found` by `id` for it
+    and every node below. Frozen: only immutable nodes (modules, tuples, `None`s,
+    static leaves; no dict, list or other pytree node), so that the object itself
+    stands for its whole structure."""
+    kind, info = _node(x)
+    if kind == _LEAF:
+        result = (True, True)
+    elif kind in (_STATIC_LEAF, _NONE):
+        result = (False, True)
+    else:
+        if kind == _MODULE:
+            d = _get(x, "__dict__")
+            children = [d[name] for name in info[0]]
+        elif kind == _DICT:
+            children = [x[k] for k in info]
+        elif kind == _OTHER:
+            children = _one_level(x)[0]
+        else:
+            children = list(x)
+        arrays, frozen = False, kind in (_MODULE, _TUPLE, _NAMEDTUPLE)
+        for child in children:
+            a, f = _scan(child, found)
+            arrays, frozen = arrays or a, frozen and f
+        result = (arrays, frozen)
+    found[id(x)] = result
+    return result
+
+
 class _Code:
     """Generated straight-line code for one tree structure: a matcher
-    `match(x) -> list of arrays | None` and a builder `build(leaves) -> tree`."""
+    `match(x) -> list of arrays | None` and a builder `build(leaves) -> tree`.
+
+    The matcher checks every node, except that a subtree without arrays that is the
+    very object met when the code was generated is taken as is once the dicts and
+    lists inside it are checked to hold the same objects (modules and tuples are
+    immutable): so an argument passed unchanged from call to call, like the `rest` of
+    a partitioned model, costs one check per dict or list. The builder reuses frozen
+    subtrees without arrays instead of rebuilding them.
+    """
 
     def __init__(self, example: Any, name: str):
-        self.consts: dict[str, Any] = {}
+        self.consts: dict[int, str] = {}
+        self.values: dict[str, Any] = {}
         self.match_lines: list[str] = []
         self.build_lines: list[str] = []
         self.leaf_vars: list[str] = []
         self.count = 0
-        root = self._visit(example, "x")
-        match = "\n    ".join(self.match_lines)
+        self.indent = "    "
+        self.scan: dict[int, tuple[bool, bool]] = {}
+        _scan(example, self.scan)
+        root = self._visit(example, "x", shortcut=True)
+        self.num_leaves = len(self.leaf_vars)
+        self._compile(root, name)
+
+    def _compile(self, root: str, name: str) -> None:
+        match = "\n".join(self.match_lines) or "        pass"
         leaves = ", ".join(self.leaf_vars)
         unpack = f"{leaves}, = L" if self.leaf_vars else "pass"
         build = "\n    ".join(self.build_lines)
         src = (
-            f"def match(x):\n    {match}\n    return [{leaves}]\n\n"
+            f"def match(x):\n    try:\n{match}\n"
+            f"    except (KeyError, TypeError, ValueError):\n        return None\n"
+            f"    return [{leaves}]\n\n"
             f"def build(L):\n    {unpack}\n    {build}\n    return {root}\n"
         )
-        ns = dict(self.consts, _get=_get, _new=object.__new__, _arrays=_ARRAYS)
-        ns.update(_set=object.__setattr__, _missing=_MISSING, _one=_one_level)
+        ns = dict(self.values, _get=_get, _new=object.__new__, _set=object.__setattr__)
+        ns.update(_arrays=_ARRAYS, _fast=_FAST_ARRAYS, _one=_one_level)
         exec(compile(src, f"<filter_jit {name}>", "exec"), ns)  # noqa: S102
         self.match: Callable[[Any], list | None] = ns["match"]
         self.build: Callable[[list], Any] = ns["build"]
-        self.num_leaves = len(self.leaf_vars)
 
     def _const(self, value: Any) -> str:
-        name = f"K{len(self.consts)}"
-        self.consts[name] = value
+        name = self.consts.get(id(value))
+        if name is None or self.values[name] is not value:
+            name = f"K{len(self.values)}"
+            self.consts[id(value)] = name
+            self.values[name] = value
         return name
 
     def _var(self) -> str:
         self.count += 1
         return f"v{self.count}"
 
+    def _m(self, line: str) -> None:
+        self.match_lines.append(self.indent + "    " + line)
+
     def _fail_unless(self, cond: str) -> None:
-        self.match_lines.append(f"if not ({cond}): return None")
+        self._m(f"if not ({cond}): return None")
 
     def _static(self, var: str, value: Any) -> str:
-        """Matches `var` against the static `value`; returns the builder's name for
-        it."""
+        """Checks `var` against the static `value` (`==`, as a hashed cache key
+        compares); returns the builder's name for it."""
         k = self._const(value)
         self._fail_unless(
             f"{var} is {k} or (not isinstance({var}, _arrays) and {k} == {var})"
         )
         return k
 
-    def _visit(self, x: Any, var: str) -> str:
+    def _visit(self, x: Any, var: str, shortcut: bool) -> str:
         """Emits the matcher's checks of `var` (holding a tree shaped like `x`) and the
         builder's construction of it; returns the builder's expression for it."""
         kind, info = _node(x)
         if kind == _LEAF:
-            self._fail_unless(f"isinstance({var}, _arrays)")
+            self._fail_unless(f"type({var}) in _fast or isinstance({var}, _arrays)")
             self.leaf_vars.append(var)
             return var
         if kind == _STATIC_LEAF:
@@ -223,71 +278,103 @@ class _Code:
         if kind == _NONE:
             self._fail_unless(f"{var} is None")
             return "None"
+        arrays, frozen = self.scan[id(x)]
+        if arrays or not shortcut:
+            return self._visit_node(x, var, kind, info, shortcut)
+        # No arrays: if `var` is `x` itself, only its dicts and lists are checked.
+        checks = [f"{var} is {self._const(x)}", *self._container_checks(x)]
+        self._m(f"if not ({' and '.join(checks)}):")
+        self.indent += "    "
+        n_build = len(self.build_lines)
+        out = self._visit_node(x, var, kind, info, shortcut=False)
+        self.indent = self.indent[:-4]
+        if frozen:  # the builder reuses `x`
+            del self.build_lines[n_build:]
+            return self._const(x)
+        return out
+
+    def _container_checks(self, x: Any) -> list[str]:
+        """Checks that the dicts and lists of the subtree `x` hold what they held."""
+        kind, info = _node(x)
+        if kind in (_LEAF, _STATIC_LEAF, _NONE):
+            return []
         if kind == _MODULE:
-            return self._visit_module(x, var, *info)
+            d = _get(x, "__dict__")
+            children = [d[name] for name in info[0]]
+        elif kind == _OTHER:
+            return ["False"]  # (not reached: such subtrees are not taken as is)
+        else:
+            children = [x[k] for k in info] if kind == _DICT else list(x)
+        checks = []
+        if kind in (_DICT, _LIST):
+            k = self._const(x)
+            checks.append(f"len({k}) == {len(children)}")
+            index = info if kind == _DICT else range(len(children))
+            for i, child in zip(index, children, strict=True):
+                checks.append(f"{k}[{self._const(i)}] is {self._const(child)}")
+        for child in children:
+            checks += self._container_checks(child)
+        return checks
+
+    def _visit_node(
+        self, x: Any, var: str, kind: int, info: Any, shortcut: bool
+    ) -> str:
+        if kind == _MODULE:
+            return self._visit_module(x, var, *info, shortcut=shortcut)
         if kind == _DICT:
-            keys = self._const(frozenset(info))
-            self._fail_unless(f"type({var}) is dict and {var}.keys() == {keys}")
+            self._fail_unless(f"type({var}) is dict and len({var}) == {len(info)}")
             parts = []
             for k in info:
                 child, kname = self._var(), self._const(k)
-                self.match_lines.append(f"{child} = {var}[{kname}]")
-                parts.append(f"{kname}: {self._visit(x[k], child)}")
+                self._m(f"{child} = {var}[{kname}]")
+                parts.append(f"{kname}: {self._visit(x[k], child, shortcut)}")
             return self._emit(f"{{{', '.join(parts)}}}")
         if kind in (_TUPLE, _LIST, _NAMEDTUPLE):
             cls = self._const(type(x))
             self._fail_unless(f"type({var}) is {cls} and len({var}) == {len(x)}")
-            parts = self._visit_children(list(x), var)
+            parts = self._visit_children(list(x), var, shortcut)
             if kind == _TUPLE:
                 return self._emit(f"({''.join(p + ', ' for p in parts)})")
             if kind == _LIST:
                 return self._emit(f"[{', '.join(parts)}]")
             return self._emit(f"{cls}({', '.join(parts)})")
-        return self._visit_other(x, var)
+        children, treedef = _one_level(x)
+        td, c, t = self._const(treedef), self._var(), self._var()
+        self._m(f"{c}, {t} = _one({var})")
+        self._fail_unless(f"{t} == {td}")
+        parts = self._visit_children(children, c, shortcut)
+        return self._emit(f"{td}.unflatten([{', '.join(parts)}])")
 
-    def _visit_children(self, children: list, var: str) -> list[str]:
+    def _visit_children(self, children: list, var: str, shortcut: bool) -> list[str]:
         names = [self._var() for _ in children]
         if names:
-            self.match_lines.append(f"{''.join(n + ', ' for n in names)}= {var}")
-        return [self._visit(c, n) for c, n in zip(children, names, strict=True)]
+            self._m(f"{''.join(n + ', ' for n in names)}= {var}")
+        return [
+            self._visit(c, n, shortcut) for c, n in zip(children, names, strict=True)
+        ]
 
-    def _visit_module(self, x: Any, var: str, dynamic: tuple, static: tuple) -> str:
-        cls = self._const(type(x))
-        d = self._var()
+    def _visit_module(
+        self, x: Any, var: str, dynamic: tuple, static: tuple, shortcut: bool
+    ) -> str:
+        cls, d = self._const(type(x)), self._var()
         self._fail_unless(f"type({var}) is {cls}")
-        self.match_lines.append(f"{d} = _get({var}, '__dict__')")
+        self._m(f"{d} = _get({var}, '__dict__')")
+        # (`_node` sends modules missing a field, or holding more, elsewhere)
         self._fail_unless(f"len({d}) == {len(dynamic) + len(static)}")
         old = _get(x, "__dict__")
         parts = []
         for name in static:
             s = self._var()
-            self.match_lines.append(f"{s} = {d}.get({name!r}, _missing)")
-            value = old.get(name, _MISSING)
-            k = self._static(s, value)
-            if value is not _MISSING:
-                parts.append(f"{name!r}: {k}")
+            self._m(f"{s} = {d}[{name!r}]")
+            parts.append(f"{name!r}: {self._static(s, old[name])}")
         for name in dynamic:
             child = self._var()
-            self.match_lines.append(f"{child} = {d}.get({name!r}, _missing)")
-            value = old.get(name, _MISSING)
-            if value is _MISSING:
-                self._fail_unless(f"{child} is _missing")
-            else:
-                parts.append(f"{name!r}: {self._visit(value, child)}")
+            self._m(f"{child} = {d}[{name!r}]")
+            parts.append(f"{name!r}: {self._visit(old[name], child, shortcut)}")
         out = self._var()
         self.build_lines.append(f"{out} = _new({cls})")
         self.build_lines.append(f"_set({out}, '__dict__', {{{', '.join(parts)}}})")
         return out
-
-    def _visit_other(self, x: Any, var: str) -> str:
-        children, treedef = _one_level(x)
-        if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a static leaf
-            return self._static(var, x)
-        td, c, t = self._const(treedef), self._var(), self._var()
-        self.match_lines.append(f"{c}, {t} = _one({var})")
-        self._fail_unless(f"{t} == {td}")
-        parts = self._visit_children(children, c)
-        return self._emit(f"{td}.unflatten([{', '.join(parts)}])")
 
     def _emit(self, expr: str) -> str:
         out = self._var()
