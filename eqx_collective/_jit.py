@@ -436,6 +436,25 @@ def _unhashable_error(key: tuple, error: TypeError) -> TypeError:
     return error
 
 
+_NO_KWARGS: dict = {}  # (never mutated)
+
+
+def _positional_counts(signature: inspect.Signature) -> tuple[float, float]:
+    """`(low, high)`: a call with between `low` and `high` positional arguments and no
+    keyword arguments is bound as it is (`bound.args == args`, `bound.kwargs == {}`).
+    `(1, 0)` when a keyword-only parameter is required (no call is bound as is)."""
+    low, high = 0, 0
+    for p in signature.parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            high = float("inf")
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            low += p.default is p.empty
+        elif p.kind == p.KEYWORD_ONLY and p.default is p.empty:
+            return 1, 0
+    return low, high
+
+
 class _FilterJit:
     """The function returned by [`eqx_collective.filter_jit`][]."""
 
@@ -449,6 +468,7 @@ class _FilterJit:
         self._quiet, self._donate_first, self._donate_rest = _DONATE[donate]
         self._fn = fn
         self._signature = inspect.signature(fn)
+        self._positional = _positional_counts(self._signature)
         self._name = getattr(fn, "__name__", type(fn).__name__)
         fn_leaves, fn_key = [], []
         _flatten(fn, fn_leaves, fn_key)
@@ -460,8 +480,12 @@ class _FilterJit:
         ft.update_wrapper(self, fn, updated=())
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        bound = self._signature.bind(*args, **kwargs)
-        tree = (bound.args, bound.kwargs)
+        low, high = self._positional
+        if not kwargs and low <= len(args) <= high:
+            tree = (args, _NO_KWARGS)  # what `Signature.bind` would return
+        else:
+            bound = self._signature.bind(*args, **kwargs)
+            tree = (bound.args, bound.kwargs)
         entry = self._last
         leaves = None if entry is None else entry.code.match(tree)
         if leaves is None:
