@@ -216,9 +216,15 @@ class _Code:
         self.count = 0
         self.indent = "    "
         self.scan: dict[int, tuple[bool, bool]] = {}
+        self.containers: list[tuple[str, list[tuple[str, str]]]] = []
+        self.compatible: dict[int, tuple[_Code, bool]] = {}
+        self.opaque = False  # holds a node of another pytree type
         _scan(example, self.scan)
         root = self._visit(example, "x", shortcut=True)
         self.num_leaves = len(self.leaf_vars)
+        tokens = []
+        _flatten(example, [], tokens)
+        self.tokens = tuple(tokens)
         self._compile(root, name)
 
     def _compile(self, root: str, name: str) -> None:
@@ -230,13 +236,46 @@ class _Code:
             f"def match(x):\n    try:\n{match}\n"
             f"    except (KeyError, TypeError, ValueError):\n        return None\n"
             f"    return [{leaves}]\n\n"
-            f"def build(L):\n    {unpack}\n    {build}\n    return {root}\n"
+            f"def build(L):\n    {unpack}\n    {build}\n    return {root}\n\n"
+            f"def build_kept(L):\n    {unpack}\n    {build}\n"
+            f"    return {root}, ({''.join(v + ', ' for v in self._kept())})\n\n"
+            f"{self._verify_source(unpack)}"
         )
         ns = dict(self.values, _get=_get, _new=object.__new__, _set=object.__setattr__)
         ns.update(_arrays=_ARRAYS, _fast=_FAST_ARRAYS, _one=_one_level)
         exec(compile(src, f"<filter_jit {name}>", "exec"), ns)  # noqa: S102
         self.match: Callable[[Any], list | None] = ns["match"]
         self.build: Callable[[list], Any] = ns["build"]
+        self.build_kept: Callable[[list], tuple[Any, tuple]] = ns["build_kept"]
+        self.verify: Callable[[tuple, list], bool] = ns["verify"]
+
+    def _kept(self) -> list[str]:
+        """The builder's variables that `verify` needs: the dicts and lists it made
+        and the nodes directly inside them."""
+        leaves, kept = set(self.leaf_vars), {}
+        for var, items in self.containers:
+            kept[var] = None
+            for _, child in items:
+                if child.startswith("v") and child not in leaves:
+                    kept[child] = None
+        return list(kept)
+
+    def _verify_source(self, unpack: str) -> str:
+        """`verify(kept, L)`: whether a tree that `build_kept(L)` returned still holds
+        what it was built with. Its modules and tuples cannot have changed; its dicts
+        and lists are checked. (Other pytree nodes are not trusted: `False`.)"""
+        if self.opaque:
+            return "def verify(O, L):\n    return False\n"
+        checks = ["True"]
+        for var, items in self.containers:
+            checks.append(f"len({var}) == {len(items)}")
+            checks += [f"{var}[{i}] is {child}" for i, child in items]
+        kept = "".join(v + ", " for v in self._kept())
+        unpack_kept = f"{kept}= O" if kept else "pass"
+        return (
+            f"def verify(O, L):\n    {unpack}\n    {unpack_kept}\n"
+            f"    return {' and '.join(checks)}\n"
+        )
 
     def _const(self, value: Any) -> str:
         name = self.consts.get(id(value))
@@ -324,11 +363,14 @@ class _Code:
         if kind == _DICT:
             self._fail_unless(f"type({var}) is dict and len({var}) == {len(info)}")
             parts = []
+            items = []
             for k in info:
                 child, kname = self._var(), self._const(k)
                 self._m(f"{child} = {var}[{kname}]")
-                parts.append(f"{kname}: {self._visit(x[k], child, shortcut)}")
-            return self._emit(f"{{{', '.join(parts)}}}")
+                items.append((kname, self._visit(x[k], child, shortcut)))
+            out = self._emit(f"{{{', '.join(f'{k}: {c}' for k, c in items)}}}")
+            self.containers.append((out, items))
+            return out
         if kind in (_TUPLE, _LIST, _NAMEDTUPLE):
             cls = self._const(type(x))
             self._fail_unless(f"type({var}) is {cls} and len({var}) == {len(x)}")
@@ -336,8 +378,13 @@ class _Code:
             if kind == _TUPLE:
                 return self._emit(f"({''.join(p + ', ' for p in parts)})")
             if kind == _LIST:
-                return self._emit(f"[{', '.join(parts)}]")
+                out = self._emit(f"[{', '.join(parts)}]")
+                self.containers.append(
+                    (out, [(str(i), p) for i, p in enumerate(parts)])
+                )
+                return out
             return self._emit(f"{cls}({', '.join(parts)})")
+        self.opaque = True
         children, treedef = _one_level(x)
         td, c, t = self._const(treedef), self._var(), self._var()
         self._m(f"{c}, {t} = _one({var})")
@@ -383,27 +430,58 @@ class _Code:
 
 
 class _Out:
-    """The static part of a traced function's output: the builder of its tree. It is
-    the auxiliary data of a childless pytree node, so `jax.jit` hands it back with the
-    output arrays, for the trace that produced them."""
+    """The static part of a traced function's output: generated code for each of its
+    parts (the elements of a tuple, or the whole output). It is the auxiliary data of
+    a childless pytree node, so `jax.jit` hands it back with the output arrays, for the
+    trace that produced them."""
 
-    __slots__ = ("build",)
+    __slots__ = ("codes", "split")
 
-    def __init__(self, build: Callable[[list], Any]):
-        self.build = build
+    def __init__(self, out: Any, name: str):
+        self.split = type(out) is tuple
+        self.codes = [_Code(part, name) for part in (out if self.split else (out,))]
+
+    def build(self, leaves: list) -> tuple[Any, dict]:
+        """The output from its arrays, and the receipts of its parts: `{id(part):
+        (part, code, kept, arrays)}`, with which the next call recognises a part
+        passed back to it (see `_FilterJit._match`)."""
+        receipts, parts, i = {}, [], 0
+        for code in self.codes:
+            own = leaves[i : i + code.num_leaves]
+            i += code.num_leaves
+            if code.num_leaves > 1 and not code.opaque:
+                part, kept = code.build_kept(own)
+                receipts[id(part)] = (part, code, kept, own)
+            else:
+                part = code.build(own)
+            parts.append(part)
+        return (tuple(parts) if self.split else parts[0]), receipts
 
 
-jtu.register_pytree_node(_Out, lambda o: ((), o.build), lambda build, _: _Out(build))
+jtu.register_pytree_node(_Out, lambda o: ((), o), lambda o, _: o)
 
 
 class _Entry:
-    """One argument structure: its generated code, the number of arrays in the first
-    argument, and the `jax.jit` of the function over flat lists of arrays."""
+    """One argument structure: generated code for each positional argument and for
+    the keyword arguments, and the `jax.jit` of the function over flat lists of
+    arrays."""
 
-    __slots__ = ("code", "n_first", "jitted")
+    __slots__ = ("arg_codes", "kw_code", "jitted")
 
-    def __init__(self, code: _Code, n_first: int, jitted: Callable):
-        self.code, self.n_first, self.jitted = code, n_first, jitted
+    def __init__(self, arg_codes: list[_Code], kw_code: _Code, jitted: Callable):
+        self.arg_codes, self.kw_code, self.jitted = arg_codes, kw_code, jitted
+
+
+def _compatible(made: _Code, expected: _Code) -> bool:
+    """Whether trees that `made` builds have the structure `expected` matches (cached
+    on `made`, which holds `expected` so that its `id` stays its own)."""
+    known = made.compatible.get(id(expected))
+    if known is None or known[0] is not expected:
+        known = made.compatible[id(expected)] = (
+            expected,
+            made.tokens == expected.tokens,
+        )
+    return known[1]
 
 
 # Like `eqx.filter_jit`, compiled functions are shared by every wrapper of the same
@@ -477,6 +555,7 @@ class _FilterJit:
         self._prefix = (tuple(fn_key), self._donate_first, self._donate_rest)
         self._cache = _cache_for(fn)
         self._last: _Entry | None = None
+        self._receipts: dict[int, tuple] = {}  # of the last call's output
         ft.update_wrapper(self, fn, updated=())
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -487,7 +566,7 @@ class _FilterJit:
             bound = self._signature.bind(*args, **kwargs)
             tree = (bound.args, bound.kwargs)
         entry = self._last
-        leaves = None if entry is None else entry.code.match(tree)
+        leaves = None if entry is None else self._match(entry, *tree)
         if leaves is None:
             entry, leaves = self._lookup(tree)
             self._last = entry
@@ -495,7 +574,7 @@ class _FilterJit:
             if self._donate_first:
                 donated, kept = self._fn_leaves + leaves, []
             else:
-                n = entry.n_first
+                n = entry.arg_codes[0].num_leaves if entry.arg_codes else 0
                 donated, kept = self._fn_leaves + leaves[n:], leaves[:n]
         else:
             donated, kept = [], self._fn_leaves + leaves if self._fn_leaves else leaves
@@ -507,7 +586,30 @@ class _FilterJit:
                 out_leaves, out = entry.jitted(donated, kept)
         else:
             out_leaves, out = entry.jitted(donated, kept)
-        return out.build(out_leaves)
+        result, self._receipts = out.build(out_leaves)
+        return result
+
+    def _match(self, entry: _Entry, args: tuple, kwargs: dict) -> list | None:
+        """The arrays of the arguments if they have `entry`'s structure, else `None`.
+        An argument that is a part of the previous call's output, unchanged (its
+        receipt's dicts and lists hold what they were built with; its modules and
+        tuples cannot change), is not traversed: its arrays are the receipt's."""
+        codes = entry.arg_codes
+        if len(args) != len(codes):
+            return None
+        receipts, leaves = self._receipts, []
+        for code, arg in zip(codes, args, strict=True):
+            r = receipts.get(id(arg)) if receipts else None
+            if r is not None and r[0] is arg and _compatible(r[1], code):
+                if r[1].verify(r[2], r[3]):
+                    leaves += r[3]
+                    continue
+            found = code.match(arg)
+            if found is None:
+                return None
+            leaves += found
+        found = entry.kw_code.match(kwargs)
+        return None if found is None else leaves + found
 
     def _lookup(self, tree: tuple) -> tuple[_Entry, list]:
         """The entry for the structure of `tree` (made on first sight) and the arrays
@@ -524,33 +626,28 @@ class _FilterJit:
         return entry, leaves
 
     def _make_entry(self, tree: tuple) -> _Entry:
-        args = tree[0]
-        first = []
-        if args:
-            _flatten(args[0], first, [])
-        n_fn, n_first = len(self._fn_leaves), len(first)
-        code, fn_build = _Code(tree, self._name), self._fn_code.build
-        donate_first, donate_rest, name = (
-            self._donate_first,
-            self._donate_rest,
-            self._name,
-        )
+        name, fn_build, n_fn = self._name, self._fn_code.build, len(self._fn_leaves)
+        arg_codes = [_Code(arg, name) for arg in tree[0]]
+        kw_code = _Code(tree[1], name)
+        donate_first, donate_rest = self._donate_first, self._donate_rest
 
         def traced(donated: list, kept: list) -> tuple[list, _Out]:
             if donate_first or not donate_rest:
                 leaves = donated + kept
             else:  # the first argument's arrays are kept, the rest donated
                 leaves = donated[:n_fn] + kept + donated[n_fn:]
-            fn = fn_build(leaves[:n_fn])
-            args, kwargs = code.build(leaves[n_fn:])
-            out = fn(*args, **kwargs)
+            fn, args, i = fn_build(leaves[:n_fn]), [], n_fn
+            for code in arg_codes:
+                args.append(code.build(leaves[i : i + code.num_leaves]))
+                i += code.num_leaves
+            out = fn(*args, **kw_code.build(leaves[i:]))
             out_leaves = []
             _flatten(out, out_leaves, [])
-            return out_leaves, _Out(_Code(out, name).build)
+            return out_leaves, _Out(out, name)
 
         traced.__name__ = traced.__qualname__ = name
         jitted = jax.jit(traced, donate_argnums=0 if donate_rest else ())
-        return _Entry(code, n_first, jitted)
+        return _Entry(arg_codes, kw_code, jitted)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:
