@@ -23,16 +23,19 @@ Here that work is specialised, once per argument structure, into generated Pytho
     that rebuilds the argument trees from a list of arrays (used inside the trace).
     The outputs get a builder too, generated when the function is traced and carried out
     of `jax.jit` as the auxiliary data of the output pytree.
-- A call first runs the matcher of the entry that served the previous call, which is
-    what a training loop hits every step: the arguments are the trees the previous step
-    returned, of the same structure. Only when it fails is the structure computed and
-    looked up (hashed), as `eqx.filter_jit` does on every call.
+- A call first runs the matchers of the entry that served the previous call, which
+    is what a training loop hits every step. An argument that is a part of the
+    previous call's output (an element of the tuple it returned), still holding what
+    it was built with, is not even traversed: the output builder also returned the
+    dicts and lists it made, and a generated `verify` checks that they hold the same
+    objects (modules and tuples are immutable); its arrays are then the ones that
+    call returned. Only when matching fails is the structure computed and looked up
+    (hashed), as `eqx.filter_jit` does on every call.
 
-Nothing is assumed about argument identity: every call checks every node, so a tree
-mutated in place (a dict entry replaced, a list appended to) is seen like any other.
-The per-call Python work is one pass of generated code over the nodes of the arguments
-and one over the nodes of the outputs, with no per-node dispatch, hashing or tree
-allocation besides the output's.
+Nothing is assumed about arguments that is not checked on every call: a tree mutated in
+place (a dict entry replaced, a list appended to) is seen like any other. Only an
+Equinox module mutated with `object.__setattr__`, or a static leaf whose `==` changes
+in place, would go unnoticed.
 """
 
 import dataclasses
@@ -444,12 +447,14 @@ class _Out:
     def build(self, leaves: list) -> tuple[Any, dict]:
         """The output from its arrays, and the receipts of its parts: `{id(part):
         (part, code, kept, arrays)}`, with which the next call recognises a part
-        passed back to it (see `_FilterJit._match`)."""
+        passed back to it (see `_FilterJit._match`). None under an outer
+        transformation: tracers are not kept beyond their trace."""
         receipts, parts, i = {}, [], 0
+        keep = not (leaves and isinstance(leaves[0], jax.core.Tracer))
         for code in self.codes:
             own = leaves[i : i + code.num_leaves]
             i += code.num_leaves
-            if code.num_leaves > 1 and not code.opaque:
+            if keep and code.num_leaves > 1 and not code.opaque:
                 part, kept = code.build_kept(own)
                 receipts[id(part)] = (part, code, kept, own)
             else:
@@ -677,7 +682,9 @@ def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:
     `filter_jit` generates, once per argument structure, code that checks a call's
     arguments against that structure and collects their arrays in one pass, and code
     that rebuilds the outputs; a training loop, whose arguments keep their structure
-    from step to step, runs only that code and `jax.jit`'s own dispatch. See
+    from step to step, runs only that code and `jax.jit`'s own dispatch, and the parts
+    of the previous step's output that it passes back are recognised without being
+    traversed (so the wrapper keeps the last call's outputs referenced). See
     [Training loops](../concepts/training.md#keeping-dispatch-cheap-on-big-models).
 
     Unlike `eqx.filter_jit`, a call returns without waiting for the computation (as

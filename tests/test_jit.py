@@ -252,6 +252,17 @@ def test_no_tracer_leaks(getkey):
         h, model, _ = f(model, jnp.ones((1, 2)))
         f(model, jnp.ones((1, 2)))
 
+    @ec.filter_jit
+    def g(tree):
+        return {"a": tree["a"] * 2, "b": tree["b"] + 1}
+
+    def outer(x):
+        return jnp.sum(g({"a": x, "b": x})["a"])
+
+    with jax.checking_leaks():
+        assert jax.grad(outer)(jnp.ones(2)).tolist() == [2.0, 2.0]
+        assert jax.jit(jax.grad(outer))(jnp.ones(2)).tolist() == [2.0, 2.0]
+
 
 def test_models_with_units():
     pair = Pair(u.Quantity(jnp.ones(2), unit=u.mV), 1, tag="v")
@@ -326,3 +337,40 @@ def test_unhashable_static_arguments_are_refused_clearly():
 def test_an_unknown_donate_option_is_refused():
     with pytest.raises(ValueError, match="donate"):
         ec.filter_jit(lambda x: x, donate="some")
+
+
+@given(_args)
+def test_outputs_passed_back_match_eqx_filter_jit(args):
+    counts = {"eqx": 0, "ours": 0}
+
+    def make(name):
+        def f(*args):
+            counts[name] += 1
+            return tuple(_double(a) for a in args)
+
+        return f
+
+    theirs, ours = eqx.filter_jit(make("eqx")), ec.filter_jit(make("ours"))
+    a = b = tuple(args)
+    for _ in range(3):
+        a, b = ours(*a), theirs(*b)
+        _assert_same_output(a, b)
+        assert counts["ours"] == counts["eqx"]
+
+
+def test_a_returned_tree_changed_in_place_is_seen():
+    @ec.filter_jit
+    def f(tree, extra):
+        return jtu.tree_map(lambda x: x + 1, tree), extra
+
+    tree = {"a": jnp.zeros(2), "b": [jnp.zeros(2), jnp.zeros(())]}
+    out, _ = f(tree, 0)
+    out, _ = f(out, 0)  # recognised as the previous output
+    assert out["a"].tolist() == [2.0, 2.0]
+    out["a"] = jnp.full(2, 10.0)
+    out, _ = f(out, 0)
+    assert out["a"].tolist() == [11.0, 11.0]
+    out["b"].append(jnp.zeros(3))
+    out, _ = f(out, 0)
+    assert out["b"][2].tolist() == [1.0, 1.0, 1.0]
+    assert_trees_equal(out["b"][0], jnp.full(2, 4.0))
