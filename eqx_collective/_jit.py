@@ -54,7 +54,7 @@ import numpy as np
 
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)  # what `eqx.is_array` traces
-_FAST_ARRAYS = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # (a quicker test)
+_FAST_ARRAYS = {np.ndarray}  # array types met so far: a quicker test than `isinstance`
 _MISSING = object()  # a module field absent from its instance's `__dict__`
 _ARRAY = object()  # the token of an array leaf
 _STATIC = object()  # the token before a static (non-array) leaf
@@ -75,13 +75,13 @@ _KINDS: dict[type, tuple[int, Any]] = {type(None): (_NONE, None)}
 _get = object.__getattribute__
 
 
-def _kind(x: Any) -> tuple[int, Any] | None:
+def _kind(x: Any) -> tuple[int, Any]:
     """How `jax.tree_util` sees `x`, with what a traversal needs: for an Equinox module,
-    `(dynamic field names, static field names)`; cached per type. (`None`: ask
-    `jax.tree_util`.)"""
+    `(dynamic field names, static field names)`; cached per type."""
     cls = type(x)
     if isinstance(x, _ARRAYS):  # (a tracer is a `jax.Array` by `isinstance` only)
         kind = (_LEAF, None)
+        _FAST_ARRAYS.add(cls)
     elif issubclass(cls, eqx.Module) and cls.__dictoffset__:
         fields = dataclasses.fields(cls)
         dynamic = tuple(f.name for f in fields if not f.metadata.get("static"))
