@@ -229,6 +229,8 @@ class _Code:
         _flatten(example, [], tokens)
         self.tokens = tuple(tokens)
         self._compile(root, name)
+        del self.scan, self.consts, self.values, self.match_lines, self.build_lines
+        del self.containers, self.leaf_vars
 
     def _compile(self, root: str, name: str) -> None:
         match = "\n".join(self.match_lines) or "        pass"
