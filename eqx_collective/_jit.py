@@ -434,29 +434,40 @@ class _Code:
         return out
 
 
+_RECEIPT_TOKENS = 64  # parts of an output with more structure tokens get receipts
+_NO_RECEIPTS: dict = {}  # (never mutated)
+
+
 class _Out:
     """The static part of a traced function's output: generated code for each of its
     parts (the elements of a tuple, or the whole output). It is the auxiliary data of
     a childless pytree node, so `jax.jit` hands it back with the output arrays, for the
     trace that produced them."""
 
-    __slots__ = ("codes", "split")
+    __slots__ = ("codes", "split", "keep", "whole")
 
     def __init__(self, out: Any, name: str):
         self.split = type(out) is tuple
         self.codes = [_Code(part, name) for part in (out if self.split else (out,))]
+        # Receipts pay off for large parts; a small output is built in one go.
+        self.keep = [
+            len(c.tokens) > _RECEIPT_TOKENS and not c.opaque for c in self.codes
+        ]
+        self.whole = None if any(self.keep) else _Code(out, name)
 
     def build(self, leaves: list) -> tuple[Any, dict]:
-        """The output from its arrays, and the receipts of its parts: `{id(part):
+        """The output from its arrays, and the receipts of its large parts: `{id(part):
         (part, code, kept, arrays)}`, with which the next call recognises a part
         passed back to it (see `_FilterJit._match`). None under an outer
         transformation: tracers are not kept beyond their trace."""
+        if self.whole is not None:
+            return self.whole.build(leaves), _NO_RECEIPTS
         receipts, parts, i = {}, [], 0
         keep = not (leaves and isinstance(leaves[0], jax.core.Tracer))
-        for code in self.codes:
+        for code, large in zip(self.codes, self.keep, strict=True):
             own = leaves[i : i + code.num_leaves]
             i += code.num_leaves
-            if keep and code.num_leaves > 1 and not code.opaque:
+            if keep and large:
                 part, kept = code.build_kept(own)
                 receipts[id(part)] = (part, code, kept, own)
             else:
@@ -469,14 +480,17 @@ jtu.register_pytree_node(_Out, lambda o: ((), o), lambda o, _: o)
 
 
 class _Entry:
-    """One argument structure: generated code for each positional argument and for
-    the keyword arguments, and the `jax.jit` of the function over flat lists of
-    arrays."""
+    """One argument structure: generated code for all the arguments, for each
+    positional argument and for the keyword arguments, and the `jax.jit` of the
+    function over flat lists of arrays."""
 
-    __slots__ = ("arg_codes", "kw_code", "jitted")
+    __slots__ = ("code", "arg_codes", "kw_code", "jitted")
 
-    def __init__(self, arg_codes: list[_Code], kw_code: _Code, jitted: Callable):
-        self.arg_codes, self.kw_code, self.jitted = arg_codes, kw_code, jitted
+    def __init__(self, tree: tuple, name: str, jitted: Callable | None):
+        self.code = _Code(tree, name)  # all arguments at once: one call, no receipts
+        self.arg_codes = [_Code(arg, name) for arg in tree[0]]
+        self.kw_code = _Code(tree[1], name)
+        self.jitted = jitted
 
 
 def _compatible(made: _Code, expected: _Code) -> bool:
@@ -601,12 +615,14 @@ class _FilterJit:
         An argument that is a part of the previous call's output, unchanged (its
         receipt's dicts and lists hold what they were built with; its modules and
         tuples cannot change), is not traversed: its arrays are the receipt's."""
-        codes = entry.arg_codes
+        receipts, codes = self._receipts, entry.arg_codes
+        if not receipts:
+            return entry.code.match((args, kwargs))
         if len(args) != len(codes):
             return None
-        receipts, leaves = self._receipts, []
+        leaves = []
         for code, arg in zip(codes, args, strict=True):
-            r = receipts.get(id(arg)) if receipts else None
+            r = receipts.get(id(arg))
             if r is not None and r[0] is arg and _compatible(r[1], code):
                 if r[1].verify(r[2], r[3]):
                     leaves += r[3]
@@ -634,8 +650,8 @@ class _FilterJit:
 
     def _make_entry(self, tree: tuple) -> _Entry:
         name, fn_build, n_fn = self._name, self._fn_code.build, len(self._fn_leaves)
-        arg_codes = [_Code(arg, name) for arg in tree[0]]
-        kw_code = _Code(tree[1], name)
+        entry = _Entry(tree, name, None)
+        arg_codes, kw_code = entry.arg_codes, entry.kw_code
         donate_first, donate_rest = self._donate_first, self._donate_rest
 
         def traced(donated: list, kept: list) -> tuple[list, _Out]:
@@ -653,8 +669,8 @@ class _FilterJit:
             return out_leaves, _Out(out, name)
 
         traced.__name__ = traced.__qualname__ = name
-        jitted = jax.jit(traced, donate_argnums=0 if donate_rest else ())
-        return _Entry(arg_codes, kw_code, jitted)
+        entry.jitted = jax.jit(traced, donate_argnums=0 if donate_rest else ())
+        return entry
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:

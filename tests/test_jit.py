@@ -351,7 +351,8 @@ def test_outputs_passed_back_match_eqx_filter_jit(args):
         return f
 
     theirs, ours = eqx.filter_jit(make("eqx")), ec.filter_jit(make("ours"))
-    a = b = tuple(args)
+    # Padded to be large enough for receipts (`_jit._RECEIPT_TOKENS`).
+    a = b = tuple((x, [np.float32(0), *range(40)]) for x in args)
     for _ in range(3):
         a, b = ours(*a), theirs(*b)
         _assert_same_output(a, b)
@@ -364,8 +365,11 @@ def test_a_returned_tree_changed_in_place_is_seen():
         return jtu.tree_map(lambda x: x + 1, tree), extra
 
     tree = {"a": jnp.zeros(2), "b": [jnp.zeros(2), jnp.zeros(())]}
+    tree["c"] = {f"k{i}": jnp.zeros(()) for i in range(80)}  # (large: see below)
     out, _ = f(tree, 0)
-    out, _ = f(out, 0)  # recognised as the previous output
+    out, receipts = f(out, 0), f._receipts
+    assert id(out[0]) in receipts  # to be recognised when passed back
+    out, _ = out
     assert out["a"].tolist() == [2.0, 2.0]
     out["a"] = jnp.full(2, 10.0)
     out, _ = f(out, 0)
