@@ -24,7 +24,7 @@ Here that work is specialised, once per argument structure, into generated Pytho
     The outputs get a builder too, generated when the function is traced and carried out
     of `jax.jit` as the auxiliary data of the output pytree.
 - A call first runs the matchers of the entry that served the previous call, which
-    is what a training loop hits every step. An argument that is a part of the
+    is what a training loop hits every step. An argument that is a large part of the
     previous call's output (an element of the tuple it returned), still holding what
     it was built with, is not even traversed: the output builder also returned the
     dicts and lists it made, and a generated `verify` checks that they hold the same
