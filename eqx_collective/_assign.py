@@ -17,6 +17,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from ._checks import describe
 from ._ensemble import place
 from ._fields import rebuild
 from ._paths import (
@@ -189,20 +190,6 @@ def _safe_cast(given: np.dtype, expected: np.dtype) -> bool:
     return bool(jnp.can_cast(given, expected, casting="safe"))
 
 
-def _describe(x: Any) -> str:
-    """A short description of a leaf for error messages: `float32[4,3] (unit mV)`."""
-    if isinstance(x, u.Quantity):
-        return f"{_describe(x.mantissa)} with unit {x.unit}"
-    if type(x) in _SCALAR_KINDS:
-        return f"Python {type(x).__name__} {x!r}"
-    shape = getattr(x, "shape", None)
-    dtype = getattr(x, "dtype", None)
-    if shape is not None and dtype is not None:
-        name = str(dtype) if _is_key(dtype) else np.dtype(dtype).name
-        return f"{name}[{','.join(map(str, shape))}]"
-    return f"{type(x).__name__} {x!r}"[:80]
-
-
 _SCALAR_KINDS = {
     bool: (jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating),
     int: (jnp.integer, jnp.floating, jnp.complexfloating),
@@ -237,28 +224,28 @@ def _convert_array(expected: Any, given: Any) -> Any:
     e_dtype = expected.dtype
     if type(given) in _SCALAR_KINDS:
         if e_shape != ():
-            raise _Mismatch(_describe(expected))
+            raise _Mismatch(describe(expected))
         try:
             return _python_scalar(np.dtype(e_dtype), given)
         except _Mismatch:
-            raise _Mismatch(_describe(expected)) from None
+            raise _Mismatch(describe(expected)) from None
     g_shape = getattr(given, "shape", None)
     g_dtype = getattr(given, "dtype", None)
     if g_shape is None or g_dtype is None:
-        raise _Mismatch(_describe(expected))
+        raise _Mismatch(describe(expected))
     if tuple(g_shape) != tuple(e_shape):
-        raise _Mismatch(_describe(expected))
+        raise _Mismatch(describe(expected))
     if g_dtype == e_dtype:
         if isinstance(given, jax.Array):
             return given
         return jnp.asarray(given)
     if _is_key(g_dtype) or _is_key(e_dtype):  # typed PRNG keys: same impl only
         raise _Mismatch(
-            f"{_describe(expected)} (turn raw key data into keys with "
+            f"{describe(expected)} (turn raw key data into keys with "
             "`jax.random.wrap_key_data`)"
         )
     if not _safe_cast(np.dtype(g_dtype), np.dtype(e_dtype)):
-        raise _Mismatch(f"{_describe(expected)} (or a dtype that casts to it safely)")
+        raise _Mismatch(f"{describe(expected)} (or a dtype that casts to it safely)")
     return jnp.asarray(given, dtype=e_dtype)
 
 
@@ -283,21 +270,21 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
                 mantissa = given.mantissa
             elif not g_unit.has_same_dim(unit):
                 raise _Mismatch(
-                    f"{_describe(expected)} (or a unit of the same dimension, "
+                    f"{describe(expected)} (or a unit of the same dimension, "
                     f"{unit.dim})"
                 )
             else:
                 m = given.mantissa
                 if jnp.issubdtype(expected.mantissa.dtype, jnp.integer):
                     raise _Mismatch(
-                        f"{_describe(expected)} (an integer state is only assigned "
+                        f"{describe(expected)} (an integer state is only assigned "
                         f"in its own unit, {unit})"
                     )
                 m_dtype = getattr(m, "dtype", None)
                 if m_dtype is not None and not _safe_cast(
                     np.dtype(m_dtype), np.dtype(expected.mantissa.dtype)
                 ):
-                    raise _Mismatch(_describe(expected))
+                    raise _Mismatch(describe(expected))
                 mantissa = u.Quantity(
                     jnp.asarray(m, dtype=expected.mantissa.dtype), unit=g_unit
                 ).to_decimal(unit)
@@ -305,7 +292,7 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
             mantissa = given
         else:
             raise _Mismatch(
-                f"{_describe(expected)} (a `brainunit.Quantity`; multiply the value by "
+                f"{describe(expected)} (a `brainunit.Quantity`; multiply the value by "
                 f"`{unit}`)"
             )
         try:
@@ -319,7 +306,7 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
                 given = given.to_decimal()
             else:
                 raise _Mismatch(
-                    f"{_describe(expected)} without a unit (strip the unit with "
+                    f"{describe(expected)} without a unit (strip the unit with "
                     f"`.to_decimal(unit)` or `.mantissa` if that is what you mean)"
                 )
         else:
@@ -483,7 +470,7 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
             except _Mismatch as e:
                 errors.append(
                     f"at {path_repr(path + slot.subpaths[t])}: expected {e.args[0]}, "
-                    f"but got {_describe(leaf)}."
+                    f"but got {describe(leaf)}."
                 )
     unset = [t for t, x in enumerate(new) if x is _UNSET]
     missing.extend(path + slot.subpaths[t] for t in unset)

@@ -4,18 +4,23 @@ import operator
 from typing import Any
 
 import brainunit as u
+import jax
 import numpy as np
 
 
 def describe(value: Any) -> str:
     """A short description of `value` for error messages: `float32[4,3]` for an array,
-    `float32[4] in mV` for a `brainunit.Quantity`, `int 3` for a Python scalar, else
-    the type and (shortened) repr."""
+    `float32[4] with unit mV` for a `brainunit.Quantity`, `key<fry>[2]` for typed PRNG
+    keys, `Python int 3` for a Python scalar, else the type and (shortened) repr."""
     if isinstance(value, u.Quantity):
-        return f"{describe(value.mantissa)} in {value.unit}"
+        return f"{describe(value.mantissa)} with unit {value.unit}"
+    if type(value) in (bool, int, float, complex):
+        return f"Python {type(value).__name__} {value!r}"
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if shape is not None and dtype is not None and not isinstance(value, np.generic):
-        return f"{np.dtype(dtype).name}[{','.join(map(str, shape))}]"
+    if shape is not None and dtype is not None:
+        is_key = jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        name = str(dtype) if is_key else np.dtype(dtype).name
+        return f"{name}[{','.join(map(str, shape))}]"
     return f"{type(value).__name__} {value!r}"[:80]
 
 

@@ -2,6 +2,7 @@
 
 import typing
 from collections.abc import Callable
+from types import EllipsisType
 from typing import TypeAlias
 
 import equinox as eqx
@@ -12,7 +13,10 @@ from ._paths import as_path, Path
 
 Predicate: TypeAlias = Callable[[Path, typing.Any], bool]
 
-Filter: TypeAlias = typing.Any
+Filter: TypeAlias = (
+    type | str | Callable[[Path, typing.Any], bool] | tuple | list | bool | EllipsisType
+    | None
+)  # fmt: skip
 """What selects nodes or states. One of:
 
 - a type: selects instances (`ParamState`, `eqx_collective.nn.Dropout`);

@@ -1,4 +1,5 @@
 import brainunit as u
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,7 +33,8 @@ def test_positive_int_refuses_non_integers_with_type_error(value):
 
 def test_describe():
     assert describe(jnp.ones((4, 3))) == "float32[4,3]"
-    assert describe(u.Quantity(jnp.ones(2), unit=u.mV)) == "float32[2] in mV"
-    assert describe(3) == "int 3"
-    assert describe(np.int64(3)) == "int64 np.int64(3)"
+    assert describe(u.Quantity(jnp.ones(2), unit=u.mV)) == "float32[2] with unit mV"
+    assert describe(3) == "Python int 3"
+    assert describe(np.int64(3)) == "int64[]"
+    assert describe(jax.random.key(0)) == "key<fry>[]"
     assert len(describe("x" * 500)) <= 80

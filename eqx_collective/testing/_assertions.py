@@ -11,6 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from .._checks import describe
 from .._ensemble import ensemble_size, member, split_members
 from .._fields import replace_fields
 from .._paths import is_value_leaf, iter_leaves, path_repr
@@ -24,14 +25,6 @@ def _unshared(tree):
         tree,
         views=False,
     )
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, u.Quantity):
-        return f"Quantity {x.dtype}{list(x.shape)} in {x.unit}"
-    if eqx.is_array_like(x) and not isinstance(x, (bool, int, float, complex)):
-        return f"array {np.result_type(x)}{list(np.shape(x))}"
-    return repr(x)
 
 
 def _leaves(tree) -> dict:
@@ -48,14 +41,14 @@ def _compare_leaf(path, a, b, rtol, atol):
     where = f"at path {path_repr(path)}"
     if isinstance(a, u.Quantity) or isinstance(b, u.Quantity):
         if not (isinstance(a, u.Quantity) and isinstance(b, u.Quantity)):
-            return f"{where}: {_describe(a)} != {_describe(b)} (unit vs no unit)"
+            return f"{where}: {describe(a)} != {describe(b)} (unit vs no unit)"
         if a.unit != b.unit:
             return f"{where}: unit {a.unit} != {b.unit}"
         a, b = a.mantissa, b.mantissa
     if eqx.is_array(a) or eqx.is_array(b):
         a, b = _numpy(a), _numpy(b)
         if a.shape != b.shape or a.dtype != b.dtype:
-            return f"{where}: {_describe(a)} != {_describe(b)}"
+            return f"{where}: {describe(a)} != {describe(b)}"
         if rtol == 0 and atol == 0:
             ok = np.array_equal(a, b, equal_nan=True)
         else:
