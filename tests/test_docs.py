@@ -72,16 +72,9 @@ def test_fence_parser():
     assert python_blocks(text) == [(3, "x = 1\n"), (12, "y = 2\n")]
 
 
-# Pages rewritten on other branches this turn: their code lines are wrapped when those
-# branches are merged, and then they leave this set.
-NOT_YET_WRAPPED = {"docs/concepts/training.md"}
-
-
 @pytest.mark.parametrize("page", PAGES, ids=_id)
 def test_code_lines_fit(page):
     """Code blocks fit the page (the site shows about 88 characters) and the README."""
-    if _id(page) in NOT_YET_WRAPPED:
-        return
     assert long_code_lines(page.read_text()) == []
 
 
