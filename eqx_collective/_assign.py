@@ -39,9 +39,10 @@ _UNSET = object()
 
 
 class AssignResult(NamedTuple):
-    """What [`eqx_collective.assign_state_values`][] (and
-    [`eqx_collective.load_states`][]) return. A named tuple, so
-    `model, unexpected, missing = assign_state_values(...)` works.
+    """What [`eqx_collective.assign_state_values`][] returns
+    ([`eqx_collective.load_states`][] returns a `LoadResult`, which also lists the
+    converted keys). A named tuple, so `model, unexpected, missing =
+    assign_state_values(...)` works.
 
     **Fields:**
 
