@@ -20,6 +20,11 @@ import time
 import warnings
 from collections.abc import Callable
 
+import equinox as eqx
+import jax.numpy as jnp
+
+import eqx_collective as ec
+
 
 def import_brainstate():
     """brainstate, or `None` if it is not importable (the `bench` extra installs it)."""
@@ -101,3 +106,29 @@ def row(
         "note": note,
         "target": target,
     }
+
+
+class _Layer(eqx.Module):
+    weight: ec.ParamState
+
+
+class _Model(eqx.Module):
+    layers: list
+
+
+def many_states(n: int, size: int) -> eqx.Module:
+    """The model of the restore and checkpoint benchmarks: `n` layers, each holding
+    one `ParamState` `{'weight': (size, size), 'bias': (size,)}`."""
+    return _Model(
+        [
+            _Layer(
+                ec.ParamState(
+                    {
+                        "weight": jnp.full((size, size), float(i)),
+                        "bias": jnp.zeros(size),
+                    }
+                )
+            )
+            for i in range(n)
+        ]
+    )

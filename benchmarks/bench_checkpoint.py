@@ -26,48 +26,23 @@ import tempfile
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import eqx_collective as ec
 
 
 try:
-    from _common import interleaved_medians, row
+    from _common import interleaved_medians, many_states, row
 except ImportError:  # imported as `benchmarks.bench_checkpoint`
-    from ._common import interleaved_medians, row
+    from ._common import interleaved_medians, many_states, row
 
 SAVE_TARGET = 0.5
 LOAD_TARGET = 0.25
 
 
-class _Layer(eqx.Module):
-    weight: ec.ParamState
-
-
-class _Model(eqx.Module):
-    layers: list
-
-
-def _make_model(n: int, size: int) -> _Model:
-    return _Model(
-        [
-            _Layer(
-                ec.ParamState(
-                    {
-                        "weight": jnp.full((size, size), float(i)),
-                        "bias": jnp.zeros(size),
-                    }
-                )
-            )
-            for i in range(n)
-        ]
-    )
-
-
 def _file_rows(quick: bool) -> list[dict]:
     n, size, repeats = (8, 2, 3) if quick else (400, 4, 25)
-    model = _make_model(n, size)
+    model = many_states(n, size)
 
     def check(result):
         assert not result.unexpected and not result.missing

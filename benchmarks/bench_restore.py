@@ -21,36 +21,12 @@ import eqx_collective as ec
 
 
 try:
-    from _common import import_brainstate, interleaved_medians, row
+    from _common import import_brainstate, interleaved_medians, many_states, row
 except ImportError:  # imported as `benchmarks.bench_restore`
-    from ._common import import_brainstate, interleaved_medians, row
+    from ._common import import_brainstate, interleaved_medians, many_states, row
 
 AREA = "restore"
 TARGET = 5.0
-
-
-class _Layer(eqx.Module):
-    weight: ec.ParamState
-
-
-class _Model(eqx.Module):
-    layers: list
-
-
-def _make_model(n: int, size: int) -> _Model:
-    return _Model(
-        [
-            _Layer(
-                ec.ParamState(
-                    {
-                        "weight": jnp.full((size, size), float(i)),
-                        "bias": jnp.zeros(size),
-                    }
-                )
-            )
-            for i in range(n)
-        ]
-    )
 
 
 def _make_brainstate_model(n: int, size: int):
@@ -75,7 +51,7 @@ def run(quick: bool = False) -> list[dict]:
     """Runs the benchmark; returns rows in the format of `_common.row`, each eager
     restore compared with brainstate's `assign_state_values` (when importable)."""
     n, size, repeats = (8, 2, 3) if quick else (400, 4, 25)
-    model = _make_model(n, size)
+    model = many_states(n, size)
     by_state = ec.state_values(model)
     by_leaf = ec.leaf_values(model)
     by_dotted = {ec.path_str(k): v for k, v in by_leaf.items()}

@@ -766,3 +766,66 @@ def test_sharded_ensembles_save_and_load_on_eight_devices():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sharded ok" in out.stdout
+
+
+BATCHNORM_LOAD = textwrap.dedent(
+    """
+    import sys
+
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    import eqx_collective as ec
+
+    def make():
+        mlp = eqx.nn.MLP(3, 3, 8, 1, key=jax.random.key(7))  # other weights than saved
+        bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="ema")
+        return (mlp, bn), state
+
+    fresh = make()
+    loaded, unexpected, missing, converted = ec.load_states(sys.argv[1], fresh, strict=True)
+    saved = np.load(sys.argv[2])
+    leaves = ec.leaf_values(loaded)
+    assert sorted(map(ec.path_str, leaves)) == sorted(saved.files), saved.files
+    for path, value in leaves.items():
+        assert np.array_equal(np.asarray(value), saved[ec.path_str(path)]), path
+    print("loaded leaf for leaf")
+    """
+)
+
+
+def test_a_trained_batchnorm_pair_loads_in_another_process(tmp_path):
+    # A model with an `eqx.nn.State` (BatchNorm), trained a few steps, saved, and
+    # loaded into a freshly built pair in another process: equal leaf for leaf.
+    model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="ema")
+    pair = ((eqx.nn.MLP(3, 3, 8, 1, key=jax.random.key(0)), model), state)
+
+    def loss(mlp, bn, state, x):
+        y, state = jax.vmap(
+            bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None)
+        )(jax.vmap(mlp)(x), state)
+        return jnp.mean(y**2), state
+
+    (mlp, bn), state = pair
+    for step in range(3):
+        x = jax.random.normal(jax.random.key(step), (16, 3))
+        grads, state = eqx.filter_grad(loss, has_aux=True)(mlp, bn, state, x)
+        mlp = eqx.apply_updates(mlp, jax.tree.map(lambda g: -0.1 * g, grads))
+    trained = ((mlp, bn), state)
+    mean = (1, 1, "ema_state_index", 0)  # the state's value at its index's path
+    assert not jnp.array_equal(
+        ec.leaf_values(trained)[mean], ec.leaf_values(pair)[mean]
+    )
+    ec.save_states(tmp_path / "bn.safetensors", trained)
+    reference = {
+        ec.path_str(p): np.asarray(v) for p, v in ec.leaf_values(trained).items()
+    }
+    np.savez(tmp_path / "reference.npz", **reference)
+    out = subprocess.run(
+        [sys.executable, "-c", BATCHNORM_LOAD, str(tmp_path / "bn.safetensors"),
+         str(tmp_path / "reference.npz")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "loaded leaf for leaf" in out.stdout

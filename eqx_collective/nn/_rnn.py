@@ -208,6 +208,18 @@ class _SingleStateCell(RNNCell):
 
     h: eqx.AbstractVar[HiddenState | None]
 
+    def _configure(self, num_in, num_out, state_init, activation) -> str:
+        """Sets what every such cell's `__init__` sets alike (its sizes, an
+        uninitialised `h`, `state_init` and `activation`); returns the cell's name,
+        for messages."""
+        where = type(self).__name__
+        self.num_in = as_size(num_in, "num_in", where)
+        self.num_out = as_size(num_out, "num_out", where)
+        self.h = None
+        self.state_init = _state_initialiser(state_init, where)
+        self.activation = _activation(activation, where)
+        return where
+
     def init_state(
         self, batch_size: int | None = None, *, key: PRNGKeyArray | None = None
     ) -> Self:
@@ -327,14 +339,9 @@ class ValinaRNNCell(_SingleStateCell):
         activation: str | Callable = jax.nn.relu,
         key: PRNGKeyArray | None,
     ):
-        where = type(self).__name__
-        self.num_in = as_size(num_in, "num_in", where)
-        self.num_out = as_size(num_out, "num_out", where)
+        where = self._configure(num_in, num_out, state_init, activation)
         n = self.num_in + self.num_out
         self.W = _weights(where, n, self.num_out, w_init, b_init, key)
-        self.h = None
-        self.state_init = _state_initialiser(state_init, where)
-        self.activation = _activation(activation, where)
 
     def _step(self, x: Array, h: Array) -> Array:
         return self.activation(self.W(jnp.concatenate([x, h], -1)))
@@ -396,16 +403,11 @@ class GRUCell(_SingleStateCell):
         activation: str | Callable = jax.nn.tanh,
         key: PRNGKeyArray | None,
     ):
-        where = type(self).__name__
-        self.num_in = as_size(num_in, "num_in", where)
-        self.num_out = as_size(num_out, "num_out", where)
+        where = self._configure(num_in, num_out, state_init, activation)
         k1, k2 = (None, None) if key is None else jax.random.split(key)
         n = self.num_in + self.num_out
         self.Wrz = _weights(where, n, 2 * self.num_out, w_init, b_init, k1)
         self.Wh = _weights(where, n, self.num_out, w_init, b_init, k2)
-        self.h = None
-        self.state_init = _state_initialiser(state_init, where)
-        self.activation = _activation(activation, where)
 
     def _step(self, x: Array, h: Array) -> Array:
         gates = jax.nn.sigmoid(self.Wrz(jnp.concatenate([x, h], -1)))
