@@ -106,6 +106,7 @@ def holds_arrays(value: Any) -> bool:
 
 _ArrayImpl = type(jnp.zeros(()))
 _STATE, _MODULE, _INDEX, _SEQUENCE, _DICT, _LEAF, _OTHER, _ARRAY, _EQX_STATE = range(9)
+_JAX_MODULE = 9  # a module traversed by `jax.tree_util` (see `_reads_like_jax`)
 _HOW = ClassCache()
 _INEXACT: dict[Any, bool] = {}
 _get = object.__getattribute__
@@ -122,7 +123,9 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
         how = (_STATE, ())
     elif cls is eqx.nn.State:
         how = (_EQX_STATE, ())
-    elif node and cls.__dictoffset__ and _reads_like_jax(x):
+    elif node and not (cls.__dictoffset__ and _reads_like_jax(x)):
+        how = (_JAX_MODULE, ())
+    elif node:
         fields = tuple(
             f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")
         )
@@ -154,7 +157,7 @@ def _reads_like_jax(x: eqx.Module) -> bool:
     if names != [n for n in dynamic if n in old]:
         return False
     new = _get(jtu.tree_unflatten(treedef, [c for _, c in children]), "__dict__")
-    return new.keys() == old.keys() and all(new[k] is old[k] for k in old)
+    return all(k in new and new[k] is old[k] for k in old)
 
 
 def _is_inexact(x: Any) -> bool:
@@ -240,6 +243,9 @@ class _Walk:
             if self.on_state is None or not self.views:
                 return x
             return self._eqx_state(x, path)
+        if how == _JAX_MODULE:
+            x = self._other(x, path, raw)
+            return x if self.on_node is None else self.on_node(path, x)
         if how == _DICT:
             try:
                 keys = sorted(x)

@@ -168,3 +168,40 @@ def test_an_ensemble_whose_record_disagrees_with_its_arrays_is_refused():
     wrong = eqx.tree_at(lambda m: m.weight, ens, ec._ensemble.record(ens.weight, 5))
     with pytest.raises(ValueError, match="records 5 members, but the array"):
         ec.vmap_reset_all_states(wrong)
+
+
+class _Lazy(eqx.Module):
+    w: ec.ParamState
+    h: ec.HiddenState | None = None
+    decay: float = eqx.field(default=0.9, static=True)
+
+    def __init__(self):
+        self.w = ec.ParamState(jnp.ones(2))
+        self.h = None
+
+    def init_state(self):
+        return eqx.tree_at(
+            lambda m: m.h,
+            self,
+            ec.HiddenState(jnp.zeros(2)),
+            is_leaf=lambda x: x is None,
+        )
+
+
+def test_a_module_read_through_jax_tree_util_is_still_a_node():
+    # Each module class is checked once against `jax.tree_util`; one that does not
+    # agree with reading its fields directly is traversed by `jax.tree_util`, and is
+    # still a node whose methods the collective operations call.
+    from eqx_collective import _walk
+
+    model = {"a": _Lazy()}
+    assert _walk._how(model["a"])[0] == _walk._MODULE  # a field with a default, None
+    direct = ec.init_all_states(model)
+    _walk._HOW.put(_Lazy, (_walk._JAX_MODULE, ()))
+    try:
+        through_jax = ec.init_all_states(model)
+        assert [p for p, _ in iter_nodes(model)] == [("a",)]
+        assert list(ec.states(through_jax)) == [("a", "w"), ("a", "h")]
+    finally:
+        _walk._HOW.pop(id(_Lazy))
+    assert jnp.array_equal(through_jax["a"].h.value, direct["a"].h.value)
