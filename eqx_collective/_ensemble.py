@@ -182,14 +182,21 @@ def as_ensemble(tree: T, size: int) -> T:
         ```
     """
     size = positive_int(size, "size", "as_ensemble")
-    for path, x in iter_leaves(split_members(tree)[0]):
+    check_leading(split_members(tree)[0], size, "as_ensemble")
+    return record(tree, size)
+
+
+def check_leading(batched: PyTree, size: int, op: str) -> None:
+    """Refuses batched arrays that do not lead with an ensemble axis of `size`."""
+    for path, x in iter_leaves(batched):
         if jnp.ndim(x) == 0 or jnp.shape(x)[0] != size:
             raise ValueError(
-                f"`as_ensemble`: the array at path {path_repr(path)} has shape "
-                f"{jnp.shape(x)}, so it does not lead with an ensemble axis of {size}. "
-                "Every array outside shared states must."
+                f"`{op}`: the array at path {path_repr(path)} has shape "
+                f"{jnp.shape(x)}, so it does not lead with an ensemble axis of {size}, "
+                "as every array outside shared states must. Build ensembles with "
+                "`make_ensemble`, `stack` or `vmap_init_all_states`, which keep the "
+                "record and the arrays in step."
             )
-    return record(tree, size)
 
 
 # ------------------------------------------------------------------ members
@@ -401,17 +408,21 @@ def place(tree: T, sharding: Any) -> T:
 def _keep(new: T, old: PyTree) -> T:
     """`new` placed and recorded with the sharding that `old` records."""
     found = _recorded(old)
-    sharding = None if found is None else found[1]
+    return _placed_as(new, None if found is None else found[1])
+
+
+def _placed_as(tree: T, sharding: Any) -> T:
+    """`tree` placed by `sharding`, which its batched states record (`None`: as is)."""
     if sharding is None:
-        return new
-    new = map_states(
+        return tree
+    tree = map_states(
         lambda p, s: (
             s if is_shared(s) else replace_fields(s, ensemble_sharding=sharding)
         ),
-        new,
+        tree,
         views=False,
     )
-    return place(new, sharding)
+    return place(tree, sharding)
 
 
 def shard_ensemble(
@@ -472,9 +483,4 @@ def shard_ensemble(
     rest = jtu.tree_map(
         lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, rest
     )
-    marked = map_states(
-        lambda p, s: s if is_shared(s) else replace_fields(s, ensemble_sharding=split),
-        eqx.combine(batched, rest),
-        views=False,
-    )
-    return place(marked, split)
+    return _placed_as(eqx.combine(batched, rest), split)

@@ -5,7 +5,6 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from ._checks import positive_int
@@ -14,13 +13,14 @@ from ._ensemble import (
     _outer_size,
     _recorded,
     as_ensemble,
+    check_leading,
     place,
     record,
     split_members,
 )
 from ._fields import replace_fields
 from ._filters import Filter, to_predicate
-from ._paths import iter_leaves, path_repr
+from ._paths import path_repr
 from ._walk import map_states
 
 
@@ -71,7 +71,7 @@ def _over_members(fn, model, key, level: _Level):
     else:
         sharding = (_recorded(model) or ((), None))[1]
         batched, rest = split_members(record(model, None))
-        _check_leading_axes(batched, level)
+        check_leading(batched, level.size, level.op)
 
     def per_member(batched, key):
         member = rest if batched is None else eqx.combine(batched, rest)
@@ -108,18 +108,6 @@ def _vmap(per_member, batched, keys, level: _Level):
             "states are one copy for the whole ensemble, so they must not depend on the "
             f"member's key or batched values. JAX reports: {e}"
         ) from None
-
-
-def _check_leading_axes(batched, level: _Level) -> None:
-    """Refuses an ensemble whose arrays do not lead with the axis its record names."""
-    for path, x in iter_leaves(batched):
-        if jnp.ndim(x) == 0 or jnp.shape(x)[0] != level.size:
-            raise ValueError(
-                f"`{level.op}`: the ensemble records {level.size} members, but the "
-                f"array at path {path_repr(path)} has shape {jnp.shape(x)}. Build "
-                "ensembles with `make_ensemble`, `stack` or `vmap_init_all_states`, "
-                "which keep the record and the arrays in step."
-            )
 
 
 def _run(model, call: Call, key, state_to_exclude):

@@ -166,7 +166,7 @@ def test_per_class_caches_keep_no_class_alive():
 def test_an_ensemble_whose_record_disagrees_with_its_arrays_is_refused():
     ens = ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), jax.random.key(0), 3)
     wrong = eqx.tree_at(lambda m: m.weight, ens, ec._ensemble.record(ens.weight, 5))
-    with pytest.raises(ValueError, match="records 5 members, but the array"):
+    with pytest.raises(ValueError, match="does not lead with an ensemble axis of 5"):
         ec.vmap_reset_all_states(wrong)
 
 
