@@ -162,7 +162,16 @@ def _check_not_a_field(path: Path, node: Any, fn_name: str, op: str) -> None:
         )
 
 
-def _plan(target, call: "Call") -> list[list]:
+def returns_self(fn: Callable) -> Callable:
+    """Marks a method that returns its module unchanged (`return self`): the
+    collective operations that rebuild the tree know its result and skip the call
+    (`collect_all_fns`, which returns the results, still calls it). For the no-op
+    `init_state` / `reset_state` every layer answers."""
+    fn.returns_self = True
+    return fn
+
+
+def _plan(target, call: "Call", skip_returns_self: bool = False) -> list[list]:
     """The calls to make, as passes of `(path, node)`: the undecorated methods first,
     then one pass per `call_order` level, ascending; each pass in traversal order."""
     op, fn_name, fn_if_not_exist = call.op, call.fn_name, call.fn_if_not_exist
@@ -172,8 +181,11 @@ def _plan(target, call: "Call") -> list[list]:
         if exclude(path, node):
             continue
         _check_not_a_field(path, node, fn_name, op)
-        if not hasattr(type(node), fn_name):
+        fn = getattr(type(node), fn_name, None)
+        if fn is None:
             missing.append((path, node))
+            continue
+        if skip_returns_self and getattr(fn, "returns_self", False):
             continue
         level = _level(node, fn_name)
         calls = undecorated if level is None else by_level.setdefault(level, [])
@@ -317,7 +329,7 @@ def call_all(target: T, call: Call, key: PRNGKeyArray | None) -> T:
             )
         return result
 
-    for calls in _plan(target, call):
+    for calls in _plan(target, call, skip_returns_self=True):
         if calls:
             target = _run_pass(target, [path for path, _ in calls], update)
     return target

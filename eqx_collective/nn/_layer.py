@@ -3,6 +3,7 @@
 
 from typing import Any, Self
 
+from .._collective import returns_self
 from ._plain_methods import PlainPrivateMethods
 
 
@@ -12,7 +13,8 @@ class Layer(PlainPrivateMethods):
 
     As in brainstate, **every layer answers `init_state` and `reset_state`**: here they
     do nothing and return the layer itself (`return self`, the pure call protocol), and
-    a layer with state overrides them. So `call_all_fns(model, 'init_state', ...)` works
+    a layer with state overrides them. They are marked `returns_self`, so the
+    operations that rebuild the tree skip these calls, whose result they know. So `call_all_fns(model, 'init_state', ...)` works
     on any model built of these layers, as brainstate's tutorial promises ("provided
     that each child module implements it"), with no `fn_if_not_exist='pass'`.
 
@@ -34,11 +36,13 @@ class Layer(PlainPrivateMethods):
         ```
     """
 
+    @returns_self
     def init_state(self, *args: Any, **kwargs: Any) -> Self:
         """Creates the layer's state: nothing here. Returns the layer unchanged."""
         del args, kwargs
         return self
 
+    @returns_self
     def reset_state(self, *args: Any, **kwargs: Any) -> Self:
         """Resets the layer's state: nothing here. Returns the layer unchanged."""
         del args, kwargs
