@@ -83,7 +83,7 @@ class _Slot:
     def __init__(self, path: Path, state: State):
         self.path, self.state = path, state
         value = _get(state, "__dict__")["value"]
-        self.leaves, self.treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
+        self.leaves, self.treedef = _flatten(value)
         layout = _LAYOUTS.get(self.treedef)
         if layout is None:
             layout = _LAYOUTS[self.treedef] = _layout(value)
@@ -95,6 +95,28 @@ class _Slot:
             return list(range(len(self.leaves)))
         n = len(sub)
         return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
+
+
+def _flatten(value: Any) -> tuple[list, jtu.PyTreeDef]:
+    """`jax.tree_util.tree_flatten(value, is_leaf=is_value_leaf)`, read directly for
+    the common values (an array, a dict of arrays): `is_leaf` is a Python call per
+    node, the larger part of a restore's cost per state."""
+    kind = type(value)
+    if kind is _ArrayImpl:
+        return [value], _LEAF_TREEDEF
+    if kind is dict and all(
+        type(k) is str and type(v) is _ArrayImpl for k, v in value.items()
+    ):
+        keys = tuple(sorted(value))
+        treedef = _DICT_TREEDEFS.get(keys)
+        if treedef is None:
+            treedef = _DICT_TREEDEFS[keys] = jtu.tree_structure(dict.fromkeys(keys, 0))
+        return [value[k] for k in keys], treedef
+    return jtu.tree_flatten(value, is_leaf=is_value_leaf)
+
+
+_LEAF_TREEDEF = jtu.tree_structure(0)
+_DICT_TREEDEFS: dict[tuple, jtu.PyTreeDef] = {}
 
 
 def _layout(value: Any) -> tuple[tuple[Path, ...], tuple]:
