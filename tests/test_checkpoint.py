@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
+from helpers import run_on_devices
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
@@ -753,20 +754,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_ensembles_save_and_load_on_eight_devices():
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", SHARDED],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "sharded ok" in out.stdout
+    assert "sharded ok" in run_on_devices(SHARDED)
 
 
 BATCHNORM_LOAD = textwrap.dedent(

@@ -1,10 +1,9 @@
 """Sharding the ensemble axis over several (simulated) CPU devices. JAX fixes the
 device count when it starts, so this runs in a separate process."""
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from helpers import run_on_devices
 
 
 SCRIPT = textwrap.dedent(
@@ -102,26 +101,9 @@ KEPT = textwrap.dedent(
 )
 
 
-def _run(script: str) -> str:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
 def test_sharding_over_eight_simulated_devices():
-    assert "sharding ok" in _run(SCRIPT)
+    assert "sharding ok" in run_on_devices(SCRIPT)
 
 
 def test_every_ensemble_operation_keeps_the_sharding():
-    assert "sharding kept" in _run(KEPT)
+    assert "sharding kept" in run_on_devices(KEPT)
