@@ -14,6 +14,15 @@ def states(model: PyTree, *filters: Filter) -> dict[Path, State]:
     """Every [`eqx_collective.State`][] of `model`, keyed by its state-level path, in
     the pytree's own order (field declaration order; dict keys sorted).
 
+    **Every array counts**: a raw array of a plain Equinox module is listed too, as
+    the state it stands for (a floating array as a `ParamState`, Equinox's
+    `eqx.is_inexact_array` convention; any other as a `LongTermState`), and so is each
+    value of an `eqx.nn.State` (a `LongTermState`), at the model path of its
+    `eqx.nn.StateIndex`; pass the pair `(model, state)`. What `states` lists is what
+    snapshots, checkpoints, restores and [`eqx_collective.partition`][] cover. A state
+    holding no array (the placeholder `eqx.partition` leaves in the other part) is not
+    listed. See the "Equinox models" page of the docs.
+
     **Arguments:**
 
     - `model`: any pytree holding states, usually an `eqx.Module`.
