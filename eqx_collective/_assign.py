@@ -237,7 +237,7 @@ def _python_scalar(dtype: np.dtype, given: bool | int | float | complex):
         raise _Mismatch
     if type(given) in (float, complex) and np.isfinite(given) and not np.isfinite(back):
         raise _Mismatch
-    return jnp.asarray(arr)
+    return _Host(arr)
 
 
 def _convert_array(expected: Any, given: Any) -> Any:
@@ -259,9 +259,7 @@ def _convert_array(expected: Any, given: Any) -> Any:
     if tuple(g_shape) != tuple(e_shape):
         raise _Mismatch(describe(expected))
     if g_dtype == e_dtype:
-        if isinstance(given, jax.Array):
-            return given
-        return jnp.asarray(given)
+        return given if isinstance(given, jax.Array) else _Host(np.asarray(given))
     if _is_key(g_dtype) or _is_key(e_dtype):  # typed PRNG keys: same impl only
         raise _Mismatch(
             f"{describe(expected)} (turn raw key data into keys with "
@@ -269,7 +267,9 @@ def _convert_array(expected: Any, given: Any) -> Any:
         )
     if not _safe_cast(np.dtype(g_dtype), np.dtype(e_dtype)):
         raise _Mismatch(f"{describe(expected)} (or a dtype that casts to it safely)")
-    return jnp.asarray(given, dtype=e_dtype)
+    if isinstance(given, jax.Array):
+        return jnp.asarray(given, dtype=e_dtype)
+    return _Host(np.asarray(given, dtype=e_dtype))
 
 
 def _is_key(dtype: Any) -> bool:
@@ -322,6 +322,9 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
             new = _convert_array(expected.mantissa, mantissa)
         except _Mismatch as e:
             raise _Mismatch(f"{e.args[0]} with unit {unit}") from None
+        if type(new) is _Host:
+            new.unit = unit
+            return new
         return u.Quantity(new, unit=unit)
     if isinstance(given, u.Quantity):
         if not _is_plain_unit(given.unit):
@@ -426,13 +429,13 @@ def assign_state_values(
             )
     index = _Index(iter_states(target))
     plans, unexpected = _match_keys(index, state_dicts)
-    updates, missing, errors = {}, [], []
+    values, missing, errors, hosts = {}, [], [], []
     for i, (path, _) in enumerate(index.found):
         plan = plans.get(i)
         if plan is None:
             missing.append(path)
         else:
-            updates[path] = _new_state(index, i, plan, missing, errors)
+            values[i] = _new_value(index, i, plan, missing, errors, hosts)
     if errors:
         raise ValueError(
             f"`assign_state_values` refused {len(errors)} value(s), so nothing was "
@@ -444,6 +447,12 @@ def assign_state_values(
         )
     if strict and (unexpected or missing):
         _refuse_mismatched_keys(unexpected, missing)
+    _to_devices(hosts)
+    updates = {}
+    for i, (treedef, leaves) in values.items():
+        path, state = index.found[i]
+        value = leaves if treedef is None else jtu.tree_unflatten(treedef, leaves)
+        updates[path] = _placed(state, value)
     model = map_states(lambda p, s: updates.get(p, s), target) if updates else target
     return AssignResult(model, unexpected, missing)
 
@@ -466,15 +475,19 @@ def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
     return plans, unexpected
 
 
-def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
-    """The state `i` with the values its keys give, each leaf checked; records the
-    leaves left unassigned in `missing` and what was refused in `errors`."""
+def _new_value(
+    index: _Index, i: int, plan: list, missing: list, errors: list, hosts: list
+) -> tuple[Any, Any]:
+    """The new value of state `i` from the values its keys give, each leaf checked, as
+    `(None, value)` or `(treedef, leaves)`; records the leaves left unassigned in
+    `missing`, what was refused in `errors`, and the values to move to the device in
+    `hosts`."""
     path, state = index.found[i]
     if len(plan) == 1 and not plan[0][0]:
         value = plan[0][2]
         if _same_avals(_get(state, "__dict__")["value"], value):
             # the common case, a value like the old: nothing to check or cast
-            return _placed(state, dict(value) if type(value) is dict else value)
+            return None, (dict(value) if type(value) is dict else value)
     slot = index.slot(i)
     new = [_UNSET] * len(slot.leaves)
     for sub, j, value in plan:
@@ -495,11 +508,49 @@ def _new_state(index: _Index, i: int, plan: list, missing: list, errors: list):
                     f"at {path_repr(path + slot.subpaths[t])}: expected {e.args[0]}, "
                     f"but got {describe(leaf)}."
                 )
+            else:
+                if type(new[t]) is _Host:
+                    hosts.append(new[t].to(new, t, slot.leaves[t]))
     unset = [t for t, x in enumerate(new) if x is _UNSET]
     missing.extend(path + slot.subpaths[t] for t in unset)
     for t in unset:
         new[t] = slot.leaves[t]
-    return _placed(state, jtu.tree_unflatten(slot.treedef, new))
+    return slot.treedef, new
+
+
+class _Host:
+    """A checked NumPy value, to be moved to the device in `_to_devices` with all the
+    others of the restore, and stored at `leaves[t]` (with `unit`, if any)."""
+
+    __slots__ = ("array", "unit", "leaves", "t", "old")
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.unit = array, None
+
+    def to(self, leaves: list, t: int, old: Any) -> "_Host":
+        self.leaves, self.t, self.old = leaves, t, old
+        return self
+
+
+def _to_devices(hosts: list[_Host]) -> None:
+    """Moves the host values of a restore to the device in one `jax.device_put` (one
+    transfer for all is several times faster than one `jnp.asarray` each), each to
+    the devices of the array it replaces (a sharded model stays sharded), or placed
+    by default as JAX places a new array (uncommitted)."""
+    if not hosts:
+        return
+    shardings = []
+    for h in hosts:
+        old = h.old.mantissa if isinstance(h.old, u.Quantity) else h.old
+        placed = type(old) is _ArrayImpl and old.committed
+        shardings.append(old.sharding if placed else None)
+    arrays = [h.array for h in hosts]
+    if any(s is not None for s in shardings):
+        moved = jax.device_put(arrays, shardings)
+    else:
+        moved = jax.device_put(arrays)
+    for h, array in zip(hosts, moved, strict=True):
+        h.leaves[h.t] = array if h.unit is None else u.Quantity(array, unit=h.unit)
 
 
 def _same_avals(old: Any, new: Any) -> bool:

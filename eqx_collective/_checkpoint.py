@@ -7,8 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import brainunit as u
-import jax
-import numpy as np
 from jaxtyping import PyTree
 from safetensors import safe_open, SafetensorError, serialize_file, TensorSpec
 
@@ -364,7 +362,6 @@ def finish_load(
     found = _states(model)
     owners = {p: _owner(p, found, len(r["path"])) for p, r in records.items()}
     _check_records(name, op, records, owners)
-    values = _to_devices(values, owners)
     try:
         result = assign_state_values(model, values, strict=strict)
     except ValueError as e:
@@ -392,35 +389,6 @@ def finish_load(
         if owners[path] is not None and _converted(_leaf_at(path, *owners[path]), value)
     ]
     return LoadResult(result.model, list(result.unexpected), missing, converted)
-
-
-def _to_devices(values: dict[Path, Any], owners: dict) -> dict[Path, Any]:
-    """`values` with their NumPy arrays moved to the devices of the arrays they replace
-    (a sharded model stays sharded the same way), or to the default device. One
-    transfer for all: much faster than one `jnp.asarray` each."""
-    moved, shardings = [], []
-    for path, value in values.items():
-        base = value.mantissa if isinstance(value, u.Quantity) else value
-        if type(base) is np.ndarray:
-            old = _leaf_at(path, *owners[path]) if owners[path] else None
-            old = old.mantissa if isinstance(old, u.Quantity) else old
-            # (an array placed by default stays so: uncommitted, as JAX makes it)
-            placed = isinstance(old, jax.Array) and old.committed
-            moved.append((path, base))
-            shardings.append(
-                old.sharding if placed and old.shape == base.shape else None
-            )
-    if not moved:
-        return values
-    out = dict(values)
-    bases = [base for _, base in moved]
-    placed = any(s is not None for s in shardings)
-    arrays = jax.device_put(bases, shardings) if placed else jax.device_put(bases)
-    for (path, _), array in zip(moved, arrays, strict=True):
-        value = values[path]
-        is_quantity = isinstance(value, u.Quantity)
-        out[path] = u.Quantity(array, unit=value.unit) if is_quantity else array
-    return out
 
 
 def _owner(
