@@ -138,7 +138,7 @@ def _layout(value: Any) -> tuple[tuple[Path, ...], tuple]:
 _LAYOUTS: dict[jtu.PyTreeDef, tuple] = {}
 
 
-class _Index:
+class PlaceIndex:
     """Finds the place a key names, as `(state number, path inside the value, leaf
     index or None)`.
 
@@ -178,6 +178,14 @@ class _Index:
                 place = (path + sub, (i, sub, j))
                 dotted.setdefault(prefix + sub_text, []).append(place)
         return dotted
+
+    def leaf_at(self, where: tuple[int, Path, int | None]) -> Any:
+        """The leaf at a place `lookup` found, or `None` if the place is a sub-tree."""
+        i, sub, j = where
+        slot = self.slot(i)
+        if j is None and not sub and slot.subpaths == ((),):  # an array-valued state
+            j = 0
+        return None if j is None else slot.leaves[j]
 
     def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
         if isinstance(key, str):
@@ -427,7 +435,14 @@ def assign_state_values(
                 f"values, but got {type(d).__name__}. Pass the target first, then one "
                 f"or more dicts."
             )
-    index = _Index(iter_states(target))
+    return assign(target, PlaceIndex(iter_states(target)), state_dicts, strict)
+
+
+def assign(
+    target: PyTree, index: "PlaceIndex", state_dicts: tuple, strict: bool
+) -> AssignResult:
+    """`assign_state_values` with `target`'s `index` (`PlaceIndex(iter_states(target))`)
+    built, which `load_states` shares."""
     plans, unexpected = _match_keys(index, state_dicts)
     values, missing, errors, hosts = {}, [], [], []
     for i, (path, _) in enumerate(index.found):
@@ -457,7 +472,7 @@ def assign_state_values(
     return AssignResult(model, unexpected, missing)
 
 
-def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
+def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
     """For each state, the `(path inside the value, leaf index or None, value)` the
     keys name, in order
     (later keys overwrite earlier ones); and the keys that name nothing."""
@@ -476,7 +491,7 @@ def _match_keys(index: _Index, state_dicts) -> tuple[dict[int, list], list]:
 
 
 def _new_value(
-    index: _Index, i: int, plan: list, missing: list, errors: list, hosts: list
+    index: PlaceIndex, i: int, plan: list, missing: list, errors: list, hosts: list
 ) -> tuple[Any, Any]:
     """The new value of state `i` from the values its keys give, each leaf checked, as
     `(None, value)` or `(treedef, leaves)`; records the leaves left unassigned in

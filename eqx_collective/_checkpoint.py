@@ -11,11 +11,12 @@ from jaxtyping import PyTree
 from safetensors import safe_open, SafetensorError, serialize_file, TensorSpec
 
 from . import _checkpoint_format as fmt
-from ._assign import assign_state_values
+from ._assign import assign, PlaceIndex
 from ._filters import Filter
 from ._paths import as_path, iter_value_leaves, Path, path_repr
-from ._state import is_shared, State
+from ._state import is_shared
 from ._views import states as _states
+from ._walk import iter_states
 
 
 File = str | os.PathLike
@@ -279,25 +280,40 @@ def _read(file: File) -> tuple[dict[Path, Any], dict[Path, dict]]:
             )
             fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
             fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
-            for name, (entry, _) in entries.items():
-                code = f.get_slice(name).get_dtype()
-                if code != _STORED_AS[entry["dtype"]]:
-                    raise fmt.BadFile(
-                        f"the tensor {name!r} is stored as {code}, but its metadata "
-                        f"says {entry['dtype']} (stored as {_STORED_AS[entry['dtype']]})"
-                    )
-            tensors = f.get_tensors()  # every dtype code checked above
-            read = [fmt.from_stored(tensors[n], e) for n, (e, _) in entries.items()]
+            try:
+                tensors = f.get_tensors()
+            except (AttributeError, TypeError):  # a dtype code NumPy cannot read
+                _check_dtypes(f, entries, {})
+                raise
+            _check_dtypes(f, entries, tensors)
     except SafetensorError as e:
         raise fmt.BadFile(
             f"it is not a valid safetensors file; it may be corrupted or truncated "
             f"({e})"
         ) from None
     values, records = {}, {}
-    for x, (entry, record) in zip(read, entries.values(), strict=True):
-        values[entry["path"]] = fmt.finish_leaf(x, entry)
+    for name, (entry, record) in entries.items():
+        values[entry["path"]] = fmt.finish_leaf(
+            fmt.from_stored(tensors[name], entry), entry
+        )
         records[entry["path"]] = record
     return values, records
+
+
+def _check_dtypes(f: Any, entries: dict, tensors: dict) -> None:
+    """`BadFile` if a tensor is not stored as its metadata's dtype is: checked on
+    the NumPy arrays `tensors` read (cheap), or, for those not read, on safetensors'
+    dtype codes."""
+    for name, (entry, _) in entries.items():
+        x = tensors.get(name)
+        if x is not None and x.dtype == fmt.storage_dtype(entry):
+            continue
+        code = f.get_slice(name).get_dtype()
+        if code != _STORED_AS[entry["dtype"]]:
+            raise fmt.BadFile(
+                f"the tensor {name!r} is stored as {code}, but its metadata says "
+                f"{entry['dtype']} (stored as {_STORED_AS[entry['dtype']]})"
+            )
 
 
 def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
@@ -359,11 +375,11 @@ def finish_load(
 ) -> LoadResult:
     """Assigns the values read from a checkpoint (keyed by their new paths) to `model`
     and builds the report (shared by `load_states` and `load_sharded`)."""
-    found = _states(model)
-    owners = {p: _owner(p, found, len(r["path"])) for p, r in records.items()}
-    _check_records(name, op, records, owners)
+    index = PlaceIndex(iter_states(model))
     try:
-        result = assign_state_values(model, values, strict=strict)
+        places = {path: index.lookup(path) for path in values}
+        _check_records(name, op, records, index, places)
+        result = assign(model, index, (values,), strict)
     except ValueError as e:
         raise ValueError(
             f"`{op}` cannot load {name} into this model (is it the file of another "
@@ -377,6 +393,7 @@ def finish_load(
             f"Check the file, pass `rename=` if the model was refactored, or assign a "
             f"subset with `assign_state_values`."
         )
+    found = dict(index.found)
     missing = []
     for path in result.missing:
         if path in found:  # a whole state: its leaves
@@ -386,45 +403,14 @@ def finish_load(
     converted = [
         path
         for path, value in values.items()
-        if owners[path] is not None and _converted(_leaf_at(path, *owners[path]), value)
+        if places[path] is not None and _converted(index.leaf_at(places[path]), value)
     ]
     return LoadResult(result.model, list(result.unexpected), missing, converted)
 
 
-def _owner(
-    path: Path, found: Mapping[Path, State], hint: int
-) -> tuple[Path, State] | None:
-    """The state of the model that holds the leaf at `path`, if any (`hint`: the
-    length of the saved state path, usually the right one)."""
-    state = found.get(path[:hint])
-    if state is not None:
-        return path[:hint], state
-    for n in range(len(path), -1, -1):
-        state = found.get(path[:n])
-        if state is not None:
-            return path[:n], state
-    return None
-
-
-_ABSENT = object()
-
-
-def _leaf_at(path: Path, state_path: Path, state: State) -> Any:
-    """The leaf of `state` (at `state_path`) at the leaf-level `path`, or `_ABSENT`."""
-    x = state.value
-    for k in path[len(state_path) :]:
-        if type(x) is dict:
-            x = x.get(k, _ABSENT)
-        elif type(x) in (list, tuple) and type(k) is int and 0 <= k < len(x):
-            x = x[k]
-        else:  # another container: look it up the general way
-            return dict(iter_value_leaves(state_path, state.value)).get(path, _ABSENT)
-    return x
-
-
 def _converted(old: Any, new: Any) -> bool:
     """Whether assigning `new` in place of `old` converted it (dtype, unit, kind)."""
-    if old is _ABSENT:
+    if old is None:  # a sub-tree, checked leaf by leaf
         return False
     if isinstance(old, u.Quantity) or isinstance(new, u.Quantity):
         if not (isinstance(old, u.Quantity) and isinstance(new, u.Quantity)):
@@ -437,23 +423,23 @@ def _converted(old: Any, new: Any) -> bool:
     return getattr(old, "dtype", None) != getattr(new, "dtype", None)
 
 
-def _check_records(name, op, records: dict[Path, dict], owners: dict) -> None:
+def _check_records(name, op, records: dict, index: PlaceIndex, places: dict) -> None:
     """Refuses a file whose states were shared (or had other ensemble axes) where the
     model's are not, naming each such state."""
     wrong, seen = {}, set()
     for path, record in records.items():
-        owner = owners[path]
-        if owner is None or (id(record), owner[0]) in seen:
+        where = places.get(path)
+        if where is None or (id(record), where[0]) in seen:
             continue
-        seen.add((id(record), owner[0]))
-        state = owner[1]
+        seen.add((id(record), where[0]))
+        state_path, state = index.found[where[0]]
         ensemble = list(getattr(state, "ensemble_shape", ()))
         if record["shared"] != is_shared(state):
             saved = "shared" if record["shared"] else "batched"
             other = "batched" if record["shared"] else "shared"
-            wrong[owner[0]] = f"saved {saved}, {other} in the model"
+            wrong[state_path] = f"saved {saved}, {other} in the model"
         elif record["ensemble_shape"] != ensemble:
-            wrong[owner[0]] = (
+            wrong[state_path] = (
                 f"saved with ensemble axes {tuple(record['ensemble_shape'])}, "
                 f"{tuple(ensemble)} in the model"
             )
