@@ -22,6 +22,7 @@ from ._ensemble import place
 from ._fields import rebuild
 from ._paths import (
     as_path,
+    flatten_value,
     is_value_leaf,
     keypath_to_path,
     Path,
@@ -76,18 +77,18 @@ class _Mismatch(Exception):
 
 class _Slot:
     """One state of the model: its value's leaves, their structure, their paths
-    relative to the state, and every place below the state (see `_layout`)."""
+    relative to the state, and every place below the state (see `_places`)."""
 
     __slots__ = ("path", "state", "leaves", "treedef", "subpaths", "below")
 
     def __init__(self, path: Path, state: State):
         self.path, self.state = path, state
         value = _get(state, "__dict__")["value"]
-        self.leaves, self.treedef = _flatten(value)
-        layout = _LAYOUTS.get(self.treedef)
-        if layout is None:
-            layout = _LAYOUTS[self.treedef] = _layout(value)
-        self.subpaths, self.below = layout
+        self.leaves, self.treedef, self.subpaths = flatten_value(value)
+        below = _PLACES.get(self.treedef)
+        if below is None:
+            below = _PLACES[self.treedef] = _places(self.subpaths)
+        self.below = below
 
     def targets(self, sub: Path) -> list[int]:
         """The indices of the leaves at or below `sub` (relative to the state)."""
@@ -97,45 +98,19 @@ class _Slot:
         return [i for i, p in enumerate(self.subpaths) if p[:n] == sub]
 
 
-def _flatten(value: Any) -> tuple[list, jtu.PyTreeDef]:
-    """`jax.tree_util.tree_flatten(value, is_leaf=is_value_leaf)`, read directly for
-    the common values (an array, a dict of arrays): `is_leaf` is a Python call per
-    node, the larger part of a restore's cost per state."""
-    kind = type(value)
-    if kind is _ArrayImpl:
-        return [value], _LEAF_TREEDEF
-    if kind is dict and all(
-        type(k) is str and type(v) is _ArrayImpl for k, v in value.items()
-    ):
-        keys = tuple(sorted(value))
-        treedef = _DICT_TREEDEFS.get(keys)
-        if treedef is None:
-            treedef = _DICT_TREEDEFS[keys] = jtu.tree_structure(dict.fromkeys(keys, 0))
-        return [value[k] for k in keys], treedef
-    return jtu.tree_flatten(value, is_leaf=is_value_leaf)
-
-
-_LEAF_TREEDEF = jtu.tree_structure(0)
-_DICT_TREEDEFS: dict[tuple, jtu.PyTreeDef] = {}
-
-
-def _layout(value: Any) -> tuple[tuple[Path, ...], tuple]:
-    """The leaf paths of `value` (relative to its state), and every place strictly
-    below the state as `(path, leaf index or None, dotted path)`."""
-    flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
-    subpaths = tuple(keypath_to_path(kp) for kp, _ in flat)
+def _places(subpaths: tuple[Path, ...]) -> tuple:
+    """Every place strictly below a state whose leaves are at `subpaths`, as `(path,
+    leaf index or None, dotted path)`."""
     places: dict[Path, int | None] = {}
     for j, sub in enumerate(subpaths):
         for k in range(1, len(sub)):
             places.setdefault(sub[:k], None)
         if sub:  # not an array-valued state's own path
             places[sub] = j
-    return subpaths, tuple((p, j, path_str(p)) for p, j in places.items())
+    return tuple((p, j, path_str(p)) for p, j in places.items())
 
 
-# Layouts per value structure: many states share one, and `tree_flatten` is several
-# times cheaper than `tree_flatten_with_path`.
-_LAYOUTS: dict[jtu.PyTreeDef, tuple] = {}
+_PLACES: dict[jtu.PyTreeDef, tuple] = {}  # per value structure: many states share one
 
 
 class PlaceIndex:
@@ -290,9 +265,16 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
-    if type(given) is _ArrayImpl and type(expected) is _ArrayImpl:
-        if given.aval == expected.aval:  # the common case: nothing to check or cast
+    if type(expected) is _ArrayImpl:  # the common cases: nothing to check or cast
+        kind, aval = type(given), expected.aval
+        if kind is _ArrayImpl and given.aval == aval:
             return given
+        if (
+            kind is np.ndarray
+            and given.dtype == aval.dtype
+            and given.shape == aval.shape
+        ):
+            return _Host(given)
     if isinstance(expected, u.Quantity):
         unit = expected.unit
         if isinstance(given, u.Quantity):
