@@ -7,6 +7,7 @@ dtypes come from fixed tables, units are rebuilt from numbers and strings, and n
 is evaluated.
 """
 
+import functools
 import json
 import math
 import re
@@ -41,10 +42,6 @@ def expect(cond: bool, what: str) -> None:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 _RESERVED = "__metadata__"  # safetensors' own header entry
-_DOTTED = re.compile(
-    r"(?:[A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*)(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*))*"
-)
-_DIGITS = frozenset("0123456789")
 
 
 def normal_path(path: Path) -> Path:
@@ -69,11 +66,24 @@ def tensor_name(path: Path) -> str:
     (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or a
     non-negative index, else the JSON list of the path (`'["a.b",-1]'`). The two forms
     never collide (a dotted name never starts with `[`), and each path has one name."""
-    simple = all(_IDENTIFIER.fullmatch(p) if type(p) is str else p >= 0 for p in path)
+    simple = all(_is_simple(p) if type(p) is str else p >= 0 for p in path)
     name = ".".join(map(str, path))
     if simple and path and name != _RESERVED:
         return name
     return json.dumps(list(path), separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)  # the same few entries recur in every path
+def _is_simple(entry: str) -> bool:
+    return _IDENTIFIER.fullmatch(entry) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _dotted_entry(part: str) -> str | int | None:
+    """The path entry of one part of a dotted name, or `None` if it is not canonical."""
+    if _IDENTIFIER.fullmatch(part):
+        return part
+    return int(part) if _INDEX.fullmatch(part) else None
 
 
 def path_of_name(name: str) -> Path:
@@ -88,16 +98,15 @@ def path_of_name(name: str) -> Path:
         expect(tensor_name(path) == name, f"the tensor name {name!r} is not canonical")
         return path
     # a dotted name of simple entries is canonical by construction
-    if _DOTTED.fullmatch(name) is None or name == _RESERVED:
+    path = tuple(map(_dotted_entry, name.split(".")))
+    if None in path or name == _RESERVED:
         raise BadFile(f"the tensor name {name!r} is not canonical")
-    return tuple(int(p) if p[0] in _DIGITS else p for p in name.split("."))
+    return path
 
 
 def is_json_path(x: Any) -> bool:
-    return isinstance(x, list) and all(
-        isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool))
-        for p in x
-    )
+    """Whether parsed JSON `x` is a path: a list of strings and integers."""
+    return type(x) is list and all(type(p) is str or type(p) is int for p in x)
 
 
 # ---------------------------------------------------------------------------- dtypes
@@ -471,7 +480,10 @@ def _check_state_record(r: Any) -> None:
         and (r["tag"] is None or isinstance(r["tag"], str))
         and isinstance(r["shared"], bool)
         and isinstance(r["ensemble_shape"], list)
-        and all(type(n) is int and n > 0 for n in r["ensemble_shape"])
+        and (
+            not r["ensemble_shape"]
+            or all(type(n) is int and n > 0 for n in r["ensemble_shape"])
+        )
         and isinstance(r["leaves"], list)
     ):
         raise BadFile(f"its metadata has an invalid state record {str(r)[:200]}")
