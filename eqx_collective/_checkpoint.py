@@ -160,7 +160,7 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         name: TensorSpec(
             dtype=fmt.dtype_name(a.dtype),
             shape=a.shape,
-            data_ptr=a.ctypes.data,
+            data_ptr=a.__array_interface__["data"][0],  # (`a.ctypes` is slower)
             data_len=a.nbytes,
         )
         for name, a in saved.arrays.items()
