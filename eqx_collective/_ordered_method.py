@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
-from equinox._module._prebuilt import BoundMethod
 
 
 _WRAPPER_NAMES = (
@@ -59,9 +58,21 @@ class OrderedMethod:
         return f"<call_order({self.call_order}) {self.__wrapped__!r}>"
 
 
-class OrderedBoundMethod(BoundMethod):
-    """Equinox's bound method (a pytree) of a method tagged by `call_order`, showing
-    its level as `call_order`."""
+class OrderedBoundMethod(eqx.Module):
+    """The bound method of a method tagged by `call_order`, showing its level as
+    `call_order`. Like Equinox's own bound methods, it is a pytree holding `__self__`,
+    so it can be passed through `jax.jit` and the filtered transformations. (Ours, not
+    a subclass of Equinox's, which is private.)"""
+
+    __func__: Callable = eqx.field(static=True)
+    __self__: eqx.Module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Callable:
+        return self.__func__.__get__(self.__self__, type(self.__self__))
 
     @property
     def call_order(self) -> int:
