@@ -337,7 +337,11 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
 
 
 def assign_state_values(
-    target: PyTree, *state_dicts: Mapping[Path | str, Any], strict: bool = False
+    target: PyTree,
+    # A union, not `Mapping[Path | str, Any]`: a mapping's key type is invariant, so
+    # that would refuse the `dict[Path, Any]` of `ec.leaf_values` / `ec.state_values`.
+    *state_dicts: Mapping[Path, Any] | Mapping[str, Any] | Mapping[Path | str, Any],
+    strict: bool = False,
 ) -> AssignResult:
     """Returns `target` with state values taken from `state_dicts` (for example a
     snapshot made by [`eqx_collective.state_values`][] or

@@ -7,16 +7,21 @@ here every operation returns the new model, so each call is `model = op(model, .
 Where the output differs from the tutorial's, the line says what brainstate prints and
 why, in brackets; `docs/tutorial.md` explains each difference at length.
 
-The tour needs nothing beyond the library's own dependencies.
+The tutorial's models are defined at module level (`EncoderDecoder`, `LoggingLayer`,
+`make_policy`, `make_autoencoder`, and its snapshot loop, `snapshot_of`), so that the
+tests check these very ones. The tour needs nothing beyond the library's own
+dependencies.
 """
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
+import brainunit as u
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 import eqx_collective as ec
 from eqx_collective import nn
@@ -31,41 +36,140 @@ def differs(say: Say, label: str, ours: Any, theirs: str, reason: str) -> None:
     say(f"{label}: {ours}  [brainstate prints {theirs}: {reason}]")
 
 
+# The tutorial's models, at module level so that the tests use these very ones.
+
+
+class EncoderDecoder(eqx.Module):
+    """The tutorial's `EncoderDecoder` (section *Ordering calls with `call_order`*): an
+    encoder `Linear(16 -> 32)` and a decoder `Linear(32 -> 16)`, with `init_state` at
+    `call_order(0)` and `reset_state` at `call_order(1)`.
+
+    Unlike brainstate's, the methods do not forward the call to the children (the
+    collective operation visits them itself, before the decorated methods) and they
+    return the updated module. So that they have something to do, the model keeps a
+    hidden state of its own: `h`, the latent code of the last call (`None` until
+    `init_state`).
+
+    **Arguments:**
+
+    - `key`: a JAX random key for the two layers' parameters.
+    """
+
+    encoder: nn.Linear
+    decoder: nn.Linear
+    h: ec.HiddenState | None
+
+    def __init__(self, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.encoder = nn.Linear((16,), (32,), key=k1)
+        self.decoder = nn.Linear((32,), (16,), key=k2)
+        self.h = None
+
+    @ec.call_order(0)
+    def init_state(self, batch_size: int | None = None) -> Self:
+        """Creates `h`, zeros of shape `(32,)`, or `(batch_size, 32)`."""
+        shape = self.encoder.out_size
+        if batch_size is not None:
+            shape = (batch_size, *shape)
+        return eqx.tree_at(
+            lambda m: m.h,
+            self,
+            ec.HiddenState(jnp.zeros(shape)),
+            is_leaf=lambda x: x is None,
+        )
+
+    @ec.call_order(1)
+    def reset_state(self) -> Self:
+        """Sets `h` back to zeros, of the same shape."""
+        if self.h is None:
+            raise ValueError("`EncoderDecoder.reset_state`: call `init_state` first.")
+        return eqx.tree_at(lambda m: m.h.value, self, jnp.zeros_like(self.h.value))
+
+    def __call__(self, x: ArrayLike | u.Quantity) -> tuple[Array | u.Quantity, Self]:
+        """Encodes and decodes `x`, of shape `(16,)` or `(batch, 16)`.
+
+        **Returns:** `(reconstruction, updated_model)`, the updated model keeping the
+        latent code in `h`.
+        """
+        code = self.encoder(x)
+        return self.decoder(code), eqx.tree_at(lambda m: m.h.value, self, code)
+
+
+class LoggingLayer(eqx.Module):
+    """The tutorial's `LoggingLayer` (section *Calling arbitrary methods
+    collectively*): a `Linear(size -> size)` whose `log_stats` gives the mean of its
+    weight matrix.
+
+    Immutable, it cannot append the statistic to a list it holds, as brainstate's
+    does: `log_stats` returns it, and `ec.collect_all_fns` gathers the results. It
+    needs no `init_state` forwarding to its `Linear`: the operations visit it.
+
+    **Arguments:**
+
+    - `size`: the number of input and output features.
+    - `key`: a JAX random key for the parameters.
+    """
+
+    linear: nn.Linear
+
+    def __init__(self, size: int, *, key: PRNGKeyArray):
+        self.linear = nn.Linear((size,), (size,), key=key)
+
+    # Read-only: return the statistic instead of appending it to a list.
+    def log_stats(self) -> Array:
+        """The mean of the weight matrix (the bias left out, as in the tutorial)."""
+        return jnp.mean(self.linear.weight.value["weight"])
+
+
+def make_policy(key: PRNGKeyArray) -> nn.Sequential:
+    """The tutorial's `policy` (section *Batched initialisation with `vmap_*`*):
+    `Linear(4 -> 64)`, `GELU`, `Linear(64 -> 2)`, its parameters drawn from `key`."""
+    k1, k2 = jax.random.split(key)
+    return nn.Sequential(
+        nn.Linear((4,), (64,), key=k1), nn.GELU(), nn.Linear((64,), (2,), key=k2)
+    )
+
+
+def make_autoencoder(key: PRNGKeyArray) -> nn.Sequential:
+    """The tutorial's `autoencoder` (section *Restoring states with
+    `assign_state_values`*): `Linear(16 -> 8)`, `ReLU`, `Linear(8 -> 16)`, its
+    parameters drawn from `key`."""
+    k1, k2 = jax.random.split(key)
+    return nn.Sequential(
+        nn.Linear((16,), (8,), key=k1), nn.ReLU(), nn.Linear((8,), (16,), key=k2)
+    )
+
+
+def snapshot_of(model: Any) -> dict[ec.Path, Any]:
+    """The tutorial's own snapshot loop (sections *Restoring states* and *Putting it
+    all together*), unchanged but for the model's states, `ec.states(model)`: a
+    *leaf-level* snapshot, one key per array inside a state's dict.
+
+    **Returns:** `{path: value}`; `ec.leaf_values(model)` gives the same in one call.
+    """
+    snapshot = {}
+    for path, state in ec.states(model).items():
+        if isinstance(state.value, dict):
+            for key, value in state.value.items():
+                snapshot[path + (key,)] = value
+        else:
+            snapshot[path] = state.value
+    return snapshot
+
+
+# The sections, one per cell (or group of cells) of the tutorial.
+
+
 def ordering_calls(say: Say) -> None:
-    order = []
-
-    class EncoderDecoder(eqx.Module):
-        encoder: nn.Linear
-        decoder: nn.Linear
-        h: ec.HiddenState | None = None
-
-        def __init__(self, *, key):
-            k1, k2 = jax.random.split(key)
-            self.encoder = nn.Linear((16,), (32,), key=k1)
-            self.decoder = nn.Linear((32,), (16,), key=k2)
-            self.h = None
-
-        # The collective operation itself visits the children, so the parent only
-        # initialises what is its own, and returns the updated module.
-        @ec.call_order(0)
-        def init_state(self, batch_size=None):
-            order.append("EncoderDecoder.init_state")
-            shape = (16,) if batch_size is None else (batch_size, 16)
-            return eqx.tree_at(
-                lambda m: m.h,
-                self,
-                ec.HiddenState(jnp.zeros(shape)),
-                is_leaf=lambda x: x is None,
-            )
-
-        @ec.call_order(1)
-        def reset_state(self, batch_size=None):
-            order.append("EncoderDecoder.reset_state")
-            return eqx.tree_at(lambda m: m.h.value, self, jnp.zeros_like(self.h.value))
-
-    model = ec.init_all_states(EncoderDecoder(key=jax.random.key(0)), batch_size=2)
+    model = EncoderDecoder(key=jax.random.key(0))
+    # The order in which the operations call `init_state`: the children's
+    # (undecorated) first, then the model's own (level 0). `collect_all_fns` makes the
+    # calls in that order and returns their results by path; the model is unchanged.
+    order = ec.collect_all_fns(model, "init_state", kwargs={"batch_size": 2})
+    say("Order of the init_state calls:", [ec.path_str(p) or "<root>" for p in order])
+    model = ec.init_all_states(model, batch_size=2)
     model = ec.reset_all_states(model)
-    say("Calls made:", order)
+    assert model.h is not None  # created by `init_state`
     say("Hidden state shape:", model.h.value.shape)
     say("(brainstate's cell prints nothing: it only defines the class.)")
 
@@ -94,6 +198,7 @@ def resetting(say: Say) -> None:
     # Reset hidden states before the next sequence (the batch axis is kept).
     rnn = ec.reset_all_states(rnn)
     say(rnn)
+    assert rnn.h is not None  # created by `init_state`
     differs(
         say,
         "Hidden state shape after the reset",
@@ -104,10 +209,7 @@ def resetting(say: Say) -> None:
 
 
 def batched_initialisation(say: Say) -> None:
-    k1, k2 = jax.random.split(jax.random.key(3))
-    policy = nn.Sequential(
-        nn.Linear((4,), (64,), key=k1), nn.GELU(), nn.Linear((64,), (2,), key=k2)
-    )
+    policy = make_policy(jax.random.key(3))
     # Create 8 independent versions of the policy.
     policies = ec.vmap_init_all_states(policy, axis_size=8, key=jax.random.key(4))
     # Parameters gain an extra axis on the leading dimension.
@@ -126,16 +228,6 @@ def batched_initialisation(say: Say) -> None:
 
 
 def calling_methods(say: Say) -> None:
-    class LoggingLayer(eqx.Module):
-        linear: nn.Linear
-
-        def __init__(self, size, *, key):
-            self.linear = nn.Linear((size,), (size,), key=key)
-
-        # Read-only: return the statistic instead of appending it to a list.
-        def log_stats(self):
-            return jnp.mean(self.linear.weight.value["weight"])
-
     k1, k2 = jax.random.split(jax.random.key(5))
     net = nn.Sequential(LoggingLayer(size=8, key=k1), LoggingLayer(size=8, key=k2))
     net = ec.init_all_states(net)
@@ -156,29 +248,13 @@ def calling_methods(say: Say) -> None:
     say("Ensemble members:", ec.ensemble_size(nets))
 
 
-def snapshot_of(model):
-    """The tutorial's own snapshot loop, unchanged but for the model's `states`."""
-    snapshot = {}
-    for path, state in ec.states(model).items():
-        if isinstance(state.value, dict):
-            for key, value in state.value.items():
-                snapshot[path + (key,)] = value
-        else:
-            snapshot[path] = state.value
-    return snapshot
-
-
 LEAF_KEYS = (
     "it only reads state-level keys, so its own leaf-level snapshot restores nothing"
 )
 
 
 def restoring(say: Say) -> None:
-    k1, k2 = jax.random.split(jax.random.key(7))
-    autoencoder = nn.Sequential(
-        nn.Linear((16,), (8,), key=k1), nn.ReLU(), nn.Linear((8,), (16,), key=k2)
-    )
-    autoencoder = ec.init_all_states(autoencoder)
+    autoencoder = ec.init_all_states(make_autoencoder(jax.random.key(7)))
     # Save values in a dict keyed by absolute state paths.
     state_snapshot = snapshot_of(autoencoder)
     # ... modify weights or states ...

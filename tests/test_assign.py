@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
 from eqx_collective.testing import stateful_pairs
+from eqx_collective.tour import snapshot_of
 
 
 # ------------------------------------------------------------------- test models
@@ -209,13 +210,7 @@ def test_missing_granularity_and_unexpected_order():
 def test_tutorial_snapshot_loop_restores_cleanly():
     """The tutorial's `state_snapshot` loop (dict values split by key)."""
     model = make_model(2)
-    snapshot = {}
-    for path, state in ec.states(model).items():
-        if isinstance(state.value, dict):
-            for key, value in state.value.items():
-                snapshot[path + (key,)] = value
-        else:
-            snapshot[path] = state.value
+    snapshot = snapshot_of(model)
     changed = ec.assign_state_values(model, ec.state_values(make_model(3))).model
     assert not same(changed, model)
     restored, unexpected, missing = ec.assign_state_values(changed, snapshot)

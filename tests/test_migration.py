@@ -18,6 +18,7 @@ import eqx_collective as ec
 from eqx_collective import nn
 from eqx_collective._paths import path_hash
 from eqx_collective.testing import record_calls, TreeNode
+from eqx_collective.tour import make_autoencoder, snapshot_of
 
 
 def _bs():
@@ -30,7 +31,8 @@ def _bs():
 
 
 def _tutorial_snapshot(states):
-    """The tutorial's own snapshot loop."""
+    """The tutorial's own snapshot loop, for brainstate's `model.states()` (for an
+    `eqx_collective` model, `eqx_collective.tour.snapshot_of`)."""
     snapshot = {}
     for path, state in states.items():
         if isinstance(state.value, dict):
@@ -323,10 +325,8 @@ def test_assign_state_values_returns_model_unexpected_missing(key):
 
 
 def test_assign_accepts_the_tutorials_leaf_level_snapshot(key):
-    k1, k2 = jax.random.split(key)
-    ae = nn.Sequential(nn.Linear(16, 8, key=k1), nn.ReLU(), nn.Linear(8, 16, key=k2))
-    ae = ec.init_all_states(ae)
-    snapshot = _tutorial_snapshot(ec.states(ae))
+    ae = ec.init_all_states(make_autoencoder(key))
+    snapshot = snapshot_of(ae)
     changed = ec.assign_state_values(ae, {p: v + 1 for p, v in snapshot.items()}).model
     restored, unexpected, missing = ec.assign_state_values(changed, snapshot)
     assert unexpected == [] and missing == []

@@ -97,7 +97,8 @@ def test_the_whole_tour(capsys):
     for figure, reason in notes:
         assert figure and (reason or "Chinese" in figure or "same reason" in figure)
     for line in [
-        "Calls made: ['EncoderDecoder.init_state', 'EncoderDecoder.reset_state']",
+        "Order of the init_state calls: ['encoder', 'decoder', '<root>']",
+        "Hidden state shape: (2, 32)",
         "Hidden state shape after the reset: (2, 16)  [brainstate prints (16,)",
         "Unexpected keys: []  [brainstate prints",
         "Missing keys: []  [brainstate prints",

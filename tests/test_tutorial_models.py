@@ -1,81 +1,62 @@
 """Every model of the collective-operations tutorial
-(`reference/collective_operations.txt`), built with `eqx_collective.nn`, run through
-the collective operations the tutorial applies to it."""
-
-from typing import Self
+(`reference/collective_operations.txt`), as the tour defines it
+(`eqx_collective.tour`), run through the collective operations the tutorial applies
+to it."""
 
 import brainunit as u
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import eqx_collective as ec
 from eqx_collective import nn
 from eqx_collective.testing import assert_trees_equal
+from eqx_collective.tour import (
+    EncoderDecoder,
+    LoggingLayer,
+    make_autoencoder,
+    make_policy,
+    snapshot_of,
+)
 
 
 # Ordering calls with `call_order` ----------------------------------------------------
-
-
-class EncoderDecoder(eqx.Module):
-    """The tutorial's EncoderDecoder, pure: its own `init_state` / `reset_state` run
-    after the children's (decorated levels run after undecorated methods), so it
-    sees the initialised children; here it keeps the latent code between calls."""
-
-    encoder: nn.Linear
-    decoder: nn.Linear
-    code: ec.HiddenState | None
-
-    def __init__(self, *, key):
-        k1, k2 = jax.random.split(key)
-        self.encoder = nn.Linear((16,), (32,), key=k1)
-        self.decoder = nn.Linear((32,), (16,), key=k2)
-        self.code = None
-
-    @ec.call_order(0)
-    def init_state(self, batch_size=None) -> Self:
-        shape = (self.encoder.out_size[0],)
-        if batch_size is not None:
-            shape = (batch_size,) + shape
-        return eqx.tree_at(
-            lambda m: m.code,
-            self,
-            ec.HiddenState(jnp.zeros(shape)),
-            is_leaf=lambda x: x is None,
-        )
-
-    @ec.call_order(1)
-    def reset_state(self, batch_size=None) -> Self:
-        return eqx.tree_at(
-            lambda m: m.code.value, self, jnp.zeros_like(self.code.value)
-        )
-
-    def __call__(self, x):
-        code = self.encoder(x)
-        return self.decoder(code), eqx.tree_at(lambda m: m.code.value, self, code)
 
 
 def test_encoder_decoder_with_call_order(key, getkey):
     model = EncoderDecoder(key=key)
     assert EncoderDecoder.init_state.call_order == 0
     assert EncoderDecoder.reset_state.call_order == 1
+    # The children's undecorated `init_state` first, then the model's own.
+    order = ec.collect_all_fns(model, "init_state", kwargs={"batch_size": 4})
+    assert list(order) == [("encoder",), ("decoder",), ()]
+    assert model.h is None  # collect_all_fns changed nothing
     model = ec.init_all_states(model, batch_size=4)
-    assert model.code.value.shape == (4, 32)
+    assert model.h is not None and model.h.value.shape == (4, 32)
+    assert_trees_equal(model, order[()])
     x = jax.random.normal(getkey(), (4, 16))
     y, model = model(x)
     assert y.shape == (4, 16)
-    np.testing.assert_allclose(model.code.value, model.encoder(x), rtol=1e-6)
+    assert model.h is not None
+    np.testing.assert_allclose(model.h.value, model.encoder(x), rtol=1e-6)
     reset = ec.reset_all_states(model)
-    assert reset.code.value.shape == (4, 32) and not np.any(
-        np.asarray(reset.code.value)
-    )
+    assert reset.h is not None
+    assert reset.h.value.shape == (4, 32) and not np.any(np.asarray(reset.h.value))
     assert_trees_equal(reset.encoder, model.encoder)  # parameters untouched
     assert list(ec.states(model)) == [
         ("encoder", "weight"),
         ("decoder", "weight"),
-        ("code",),
+        ("h",),
     ]
+    unbatched = ec.init_all_states(EncoderDecoder(key=key))
+    assert unbatched.h is not None and unbatched.h.value.shape == (32,)
+
+
+def test_encoder_decoder_reset_before_init(key):
+    with pytest.raises(ValueError, match="call `init_state` first"):
+        EncoderDecoder(key=key).reset_state()
 
 
 # Initialising every module ---------------------------------------------------------
@@ -132,15 +113,8 @@ def test_valina_rnn_cell_with_units(key):
 # Batched initialisation with vmap --------------------------------------------------
 
 
-def _policy(key):
-    k1, k2 = jax.random.split(key)
-    return nn.Sequential(
-        nn.Linear((4,), (64,), key=k1), nn.GELU(), nn.Linear((64,), (2,), key=k2)
-    )
-
-
 def test_policy(key, getkey):
-    policy = _policy(key)
+    policy = make_policy(key)
     assert_trees_equal(ec.init_all_states(policy), policy)
     obs = jax.random.normal(getkey(), (5, 4))
     assert policy(obs).shape == (5, 2)
@@ -153,25 +127,12 @@ def test_policy(key, getkey):
     reset = ec.vmap_reset_all_states(policies, axis_size=8)
     assert reset.layers[2].weight.value["weight"].shape == (8, 64, 2)
     # Independent members: build them from their own keys.
-    members = eqx.filter_vmap(_policy)(jax.random.split(getkey(), 8))
+    members = eqx.filter_vmap(make_policy)(jax.random.split(getkey(), 8))
     w = members.layers[0].weight.value["weight"]
     assert w.shape == (8, 4, 64) and not np.array_equal(w[0], w[1])
 
 
 # Calling arbitrary methods collectively ---------------------------------------------
-
-
-class LoggingLayer(eqx.Module):
-    linear: nn.Linear
-
-    def __init__(self, size, *, key):
-        self.linear = nn.Linear((size,), (size,), key=key)
-
-    def init_state(self) -> Self:
-        return self
-
-    def log_stats(self):
-        return jnp.mean(self.linear.weight.value["weight"])
 
 
 def test_logging_layers(key):
@@ -189,15 +150,8 @@ def test_logging_layers(key):
 # Restoring states with assign_state_values -----------------------------------------
 
 
-def _autoencoder(key):
-    k1, k2 = jax.random.split(key)
-    return nn.Sequential(
-        nn.Linear((16,), (8,), key=k1), nn.ReLU(), nn.Linear((8,), (16,), key=k2)
-    )
-
-
 def test_autoencoder(key, getkey):
-    autoencoder = ec.init_all_states(_autoencoder(key))
+    autoencoder = ec.init_all_states(make_autoencoder(key))
     snapshot = ec.leaf_values(autoencoder)
     assert set(snapshot) == {
         ("layers", 0, "weight", "bias"),
@@ -205,9 +159,12 @@ def test_autoencoder(key, getkey):
         ("layers", 2, "weight", "bias"),
         ("layers", 2, "weight", "weight"),
     }
+    # The tutorial's own snapshot loop makes the same snapshot.
+    assert list(snapshot_of(autoencoder)) == list(snapshot)
+    assert_trees_equal(snapshot_of(autoencoder), snapshot)
     x = jax.random.normal(getkey(), (3, 16))
     assert autoencoder(x).shape == (3, 16)
-    other = _autoencoder(getkey())  # "modify weights"
+    other = make_autoencoder(getkey())  # "modify weights"
     restored, unexpected, missing = ec.assign_state_values(other, snapshot)
     assert unexpected == [] and missing == []
     assert_trees_equal(restored, autoencoder)

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
 from eqx_collective.testing import ensembles, module_trees, record_calls
+from eqx_collective.tour import make_policy
 
 
 def _member_keys(key, n):
@@ -162,12 +163,7 @@ def test_shared_state_must_not_depend_on_the_member(key):
 
 
 def test_tutorial_policy_ensemble(key):
-    nn = ec.nn
-    policy = nn.Sequential(
-        nn.Linear(4, 64, key=jax.random.key(1)),
-        nn.GELU(),
-        nn.Linear(64, 2, key=jax.random.key(2)),
-    )
+    policy = make_policy(jax.random.key(1))
     policies = ec.vmap_init_all_states(policy, axis_size=8, key=key)
     assert policies.layers[0].weight.value["weight"].shape == (8, 4, 64)
     assert policies.layers[2].weight.value["bias"].shape == (8, 2)

@@ -91,7 +91,7 @@ class Sequential(StatefulLayer):
 
     layers: tuple[Any, ...]
 
-    def __init__(self, *layers: Callable):
+    def __init__(self, *layers: Callable | eqx.Module):
         for i, layer in enumerate(layers):
             if not (callable(layer) or isinstance(layer, eqx.Module)):
                 raise TypeError(
