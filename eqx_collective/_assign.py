@@ -276,46 +276,7 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
         ):
             return _Host(given)
     if isinstance(expected, u.Quantity):
-        unit = expected.unit
-        if isinstance(given, u.Quantity):
-            g_unit = given.unit
-            if g_unit is unit or g_unit == unit:
-                mantissa = given.mantissa
-            elif not g_unit.has_same_dim(unit):
-                raise _Mismatch(
-                    f"{describe(expected)} (or a unit of the same dimension, "
-                    f"{unit.dim})"
-                )
-            else:
-                m = given.mantissa
-                if jnp.issubdtype(expected.mantissa.dtype, jnp.integer):
-                    raise _Mismatch(
-                        f"{describe(expected)} (an integer state is only assigned "
-                        f"in its own unit, {unit})"
-                    )
-                m_dtype = getattr(m, "dtype", None)
-                if m_dtype is not None and not _safe_cast(
-                    np.dtype(m_dtype), np.dtype(expected.mantissa.dtype)
-                ):
-                    raise _Mismatch(describe(expected))
-                mantissa = u.Quantity(
-                    jnp.asarray(m, dtype=expected.mantissa.dtype), unit=g_unit
-                ).to_decimal(unit)
-        elif _is_plain_unit(unit):
-            mantissa = given
-        else:
-            raise _Mismatch(
-                f"{describe(expected)} (a `brainunit.Quantity`; multiply the value by "
-                f"`{unit}`)"
-            )
-        try:
-            new = _convert_array(expected.mantissa, mantissa)
-        except _Mismatch as e:
-            raise _Mismatch(f"{e.args[0]} with unit {unit}") from None
-        if type(new) is _Host:
-            new.unit = unit
-            return new
-        return u.Quantity(new, unit=unit)
+        return _convert_quantity(expected, given)
     if isinstance(given, u.Quantity):
         if not _is_plain_unit(given.unit):
             if given.unit.is_unitless:
@@ -334,6 +295,49 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
             raise _Mismatch(f"a {type(expected).__name__}")
         return given
     return _convert_array(expected, given)
+
+
+def _convert_quantity(expected: u.Quantity, given: Any) -> Any:
+    """`_convert_leaf` for a leaf with a unit: `given` converted to its unit."""
+    unit = expected.unit
+    if isinstance(given, u.Quantity):
+        g_unit = given.unit
+        if g_unit is unit or g_unit == unit:
+            mantissa = given.mantissa
+        elif not g_unit.has_same_dim(unit):
+            raise _Mismatch(
+                f"{describe(expected)} (or a unit of the same dimension, {unit.dim})"
+            )
+        else:
+            m = given.mantissa
+            if jnp.issubdtype(expected.mantissa.dtype, jnp.integer):
+                raise _Mismatch(
+                    f"{describe(expected)} (an integer state is only assigned in its "
+                    f"own unit, {unit})"
+                )
+            m_dtype = getattr(m, "dtype", None)
+            if m_dtype is not None and not _safe_cast(
+                np.dtype(m_dtype), np.dtype(expected.mantissa.dtype)
+            ):
+                raise _Mismatch(describe(expected))
+            mantissa = u.Quantity(
+                jnp.asarray(m, dtype=expected.mantissa.dtype), unit=g_unit
+            ).to_decimal(unit)
+    elif _is_plain_unit(unit):
+        mantissa = given
+    else:
+        raise _Mismatch(
+            f"{describe(expected)} (a `brainunit.Quantity`; multiply the value by "
+            f"`{unit}`)"
+        )
+    try:
+        new = _convert_array(expected.mantissa, mantissa)
+    except _Mismatch as e:
+        raise _Mismatch(f"{e.args[0]} with unit {unit}") from None
+    if type(new) is _Host:
+        new.unit = unit
+        return new
+    return u.Quantity(new, unit=unit)
 
 
 def assign_state_values(
