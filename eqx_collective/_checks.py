@@ -5,6 +5,7 @@ from typing import Any
 
 import brainunit as u
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -18,7 +19,7 @@ def describe(value: Any) -> str:
         return f"Python {type(value).__name__} {value!r}"
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        is_key = jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        is_key = jnp.issubdtype(dtype, jax.dtypes.prng_key)
         name = str(dtype) if is_key else np.dtype(dtype).name
         return f"{name}[{','.join(map(str, shape))}]"
     return f"{type(value).__name__} {value!r}"[:80]
