@@ -5,6 +5,7 @@ from typing import Any
 
 import brainunit as u
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
@@ -146,7 +147,9 @@ def load_sharded(
         targets = _target_leaves(model)
         kept = {i: path for path, i in values.items()}  # (`rename` may drop some)
         restore_args = {
-            str(i): _restore_arg(ocp, targets.get(kept.get(i)), stored[i])
+            str(i): _restore_arg(
+                ocp, targets.get(kept[i]) if i in kept else None, stored[i]
+            )
             for i in range(len(entries))
         }
         args = ocp.args.Composite(
@@ -161,7 +164,8 @@ def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], list[dict]]:
     """The `(entry, state record)` of each tensor, in order, and its stored shape and
     dtype; `BadFile` if the metadata is invalid."""
     stored = metadata.get("stored") if isinstance(metadata, dict) else None
-    fmt.expect(isinstance(stored, dict), "its metadata has no 'stored' record")
+    if not isinstance(stored, dict):
+        raise fmt.BadFile("its metadata has no 'stored' record")
     metadata = fmt.check_metadata({k: v for k, v in metadata.items() if k != "stored"})
     entries = [(e, r) for r in metadata["states"] for e in r["leaves"]]
     fmt.expect(
@@ -191,7 +195,7 @@ def _target_leaves(model: PyTree) -> dict[Path, Any]:
             if isinstance(leaf, u.Quantity):
                 leaf = leaf.mantissa
             dtype = getattr(leaf, "dtype", None)
-            if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
                 leaf = jax.random.key_data(leaf)
             out[leaf_path] = leaf
     return out
