@@ -23,6 +23,7 @@ from typing import Any
 import brainunit as u
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -302,6 +303,7 @@ class _Walk:
         changed, seen = None, {}
         for marker, value in entries.items():
             sub = path + self._relative(path, marker)
+            assert self._index_paths is not None  # (made by `_relative`)
             if sub in seen:
                 raise ValueError(
                     f"The `eqx.nn.State` at path {path_repr(path)} holds the values of "
