@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.tree_util as jtu
 import numpy as np
 
@@ -485,12 +486,12 @@ class _Entry:
     function over flat lists of arrays."""
 
     __slots__ = ("code", "arg_codes", "kw_code", "jitted")
+    jitted: Callable  # set by `_make_entry`, which jits a function of the codes
 
-    def __init__(self, tree: tuple, name: str, jitted: Callable | None):
+    def __init__(self, tree: tuple, name: str):
         self.code = _Code(tree, name)  # all arguments at once: one call, no receipts
         self.arg_codes = [_Code(arg, name) for arg in tree[0]]
         self.kw_code = _Code(tree[1], name)
-        self.jitted = jitted
 
 
 def _compatible(made: _Code, expected: _Code) -> bool:
@@ -588,7 +589,7 @@ class _FilterJit:
             tree = (bound.args, bound.kwargs)
         entry = self._last
         leaves = None if entry is None else self._match(entry, *tree)
-        if leaves is None:
+        if entry is None or leaves is None:
             entry, leaves = self._lookup(tree)
             self._last = entry
         if self._donate_rest:
@@ -650,7 +651,7 @@ class _FilterJit:
 
     def _make_entry(self, tree: tuple) -> _Entry:
         name, fn_build, n_fn = self._name, self._fn_code.build, len(self._fn_leaves)
-        entry = _Entry(tree, name, None)
+        entry = _Entry(tree, name)
         arg_codes, kw_code = entry.arg_codes, entry.kw_code
         donate_first, donate_rest = self._donate_first, self._donate_rest
 
