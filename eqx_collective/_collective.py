@@ -126,7 +126,7 @@ def _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op, key=None):
 
 
 _INTERNAL = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (sys.modules[__package__], jax, eqx)
+    os.path.dirname(file) + os.sep for file in (__file__, jax.__file__, eqx.__file__)
 )
 
 
@@ -167,7 +167,8 @@ def returns_self(fn: Callable) -> Callable:
     collective operations that rebuild the tree know its result and skip the call
     (`collect_all_fns`, which returns the results, still calls it). For the no-op
     `init_state` / `reset_state` every layer answers."""
-    fn.returns_self = True
+    # (pyright: a function's type declares no such attribute)
+    fn.returns_self = True  # pyright: ignore[reportFunctionMemberAccess]
     return fn
 
 

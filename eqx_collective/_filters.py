@@ -31,6 +31,8 @@ Filter: TypeAlias = (
 
 
 class _Combinator:
+    _args: tuple
+
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(map(repr, self._args))})"
 

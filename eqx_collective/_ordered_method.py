@@ -29,11 +29,16 @@ class OrderedMethod:
     attribute read (no `eqx.Module` construction).
     """
 
+    __wrapped__: Callable  # set by `functools.update_wrapper`
+    call_order: int
+
     def __init__(self, fn: Callable, level: int):
         if isinstance(fn, OrderedMethod):  # decorated twice: the outer level wins
             fn = fn.__wrapped__
         functools.update_wrapper(self, fn)
-        fn.call_order = level  # also readable from the function (brainstate does so)
+        # also readable from the function (brainstate does so; pyright: a function's
+        # type declares no such attribute)
+        fn.call_order = level  # pyright: ignore[reportFunctionMemberAccess]
         self.call_order = level
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -77,4 +82,5 @@ class OrderedBoundMethod(eqx.Module):
     @property
     def call_order(self) -> int:
         """The method's `call_order` level."""
-        return self.__func__.call_order
+        # (set by `OrderedMethod`; pyright: a function's type declares no such attribute)
+        return self.__func__.call_order  # pyright: ignore[reportFunctionMemberAccess]
