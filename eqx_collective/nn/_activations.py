@@ -78,5 +78,5 @@ class GELU(Layer):
                     f"quantity in {x.unit}. Divide by a reference unit first, e.g. "
                     "`x / brainunit.mV`."
                 )
-            x = u.maybe_decimal(x)
+            return jax.nn.gelu(u.maybe_decimal(x), approximate=self.approximate)
         return jax.nn.gelu(x, approximate=self.approximate)

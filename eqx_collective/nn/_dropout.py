@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, PRNGKeyArray
+from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._checks import describe
 from ._layer import Layer
@@ -72,7 +72,7 @@ class Dropout(Layer):
 
     def __call__(
         self, x: ArrayLike | u.Quantity, *, key: PRNGKeyArray | None = None
-    ) -> Array | u.Quantity:
+    ) -> ArrayLike | u.Quantity:
         """**Arguments:**
 
         - `x`: an array or `Quantity` (its unit is kept).

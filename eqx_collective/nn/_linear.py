@@ -113,7 +113,8 @@ class Linear(Layer):
                 "Reshape the input, or build the layer with the right `in_size`."
             )
         params = self.weight.value
-        y = u.math.matmul(x, params["weight"])
+        # (pyright takes saiunit's `Array` for its stand-in class used without JAX)
+        y: Array | u.Quantity = u.math.matmul(x, params["weight"])  # pyright: ignore[reportAssignmentType]
         if "bias" in params:
             bias = params["bias"]
             # Checked on the units alone, so that `jit` and eager agree (brainunit
