@@ -13,11 +13,12 @@ import abc
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeGuard
 
 import brainunit as u
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
@@ -51,7 +52,7 @@ def as_shape(shape: Any, what: str = "shape") -> tuple[int, ...]:
     return shape
 
 
-def _is_concrete_number(x: Any) -> bool:
+def _is_concrete_number(x: Any) -> TypeGuard[int | float | np.number]:
     return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
 
 
@@ -133,10 +134,9 @@ class Initialiser(PlainPrivateMethods):
         return attach_unit(self._generate(shape, dtype, key), self.unit)
 
     @abc.abstractmethod
-    def _generate(
-        self, shape: tuple[int, ...], dtype: Any, key: PRNGKeyArray | None
-    ) -> Array:
-        """The values as plain numbers."""
+    def _generate(self, shape: tuple[int, ...], dtype: Any, key: Any) -> Array:
+        """The values as plain numbers. `key`: a JAX random key when `is_random`,
+        else whatever the caller gave (possibly `None`)."""
 
 
 class ZeroInit(Initialiser):

@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 from .._checks import positive_int
 
 
-def default_float_dtype() -> Any:
+def default_float_dtype() -> jnp.dtype:
     """JAX's default floating dtype: `float32`, or `float64` with `jax_enable_x64`."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
