@@ -276,6 +276,21 @@ def test_weights_with_units_are_refused(key):
         nn.ValinaRNNCell(2, 3, w_init=nn.XavierNormal(unit=u.mS), key=key)
 
 
+@pytest.mark.parametrize("cls", CELLS, ids=_names)
+def test_unitless_quantity_parameters_step_as_plain_numbers(cls, key):
+    def quantity(shape, key=None, dtype=None):  # a user's initialiser
+        return u.Quantity(jnp.full(shape, 0.1))
+
+    cell = cls(2, 3, w_init=quantity, b_init=quantity, key=key).init_state()
+    linear = cell.Wrz if cls is nn.GRUCell else cell.W
+    assert isinstance(linear.weight.value["bias"], u.Quantity)  # kept as given
+    plain = cls(2, 3, w_init=nn.Constant(0.1), b_init=nn.Constant(0.1), key=key)
+    h, _ = cell(jnp.ones(2))
+    expected, _ = plain.init_state()(jnp.ones(2))
+    assert not isinstance(h, u.Quantity)
+    np.testing.assert_allclose(h, expected, rtol=1e-6)
+
+
 def test_vmap_init_all_states_builds_an_ensemble_of_cells(key):
     cell = nn.ValinaRNNCell(4, 8, state_init=nn.ZeroInit(unit=u.mV), key=key)
     ensemble = ec.vmap_init_all_states(cell, batch_size=2, axis_size=3, key=key)

@@ -9,7 +9,7 @@ final, following Equinox's abstract/final pattern. The cells take `num_in` and
 
 import abc
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import brainunit as u
 import equinox as eqx
@@ -79,6 +79,12 @@ def _weights(
                 "to the hidden state instead, with `state_init=ZeroInit(unit=...)`."
             )
     return linear
+
+
+def _numbers(y: Array | u.Quantity) -> Array:
+    """The output of a cell's `Linear` as plain numbers: the parameters are unitless
+    (see `_weights`), but a user's initialiser may give unitless `Quantity`s."""
+    return y.mantissa if isinstance(y, u.Quantity) else y
 
 
 def _batch_shape(batch_size: Any, where: str) -> tuple[int, ...]:
@@ -344,7 +350,7 @@ class ValinaRNNCell(_SingleStateCell):
         self.W = _weights(where, n, self.num_out, w_init, b_init, key)
 
     def _step(self, x: Array, h: Array) -> Array:
-        return self.activation(self.W(jnp.concatenate([x, h], -1)))
+        return self.activation(_numbers(self.W(jnp.concatenate([x, h], -1))))
 
 
 VanillaRNNCell = ValinaRNNCell
@@ -410,9 +416,9 @@ class GRUCell(_SingleStateCell):
         self.Wh = _weights(where, n, self.num_out, w_init, b_init, k2)
 
     def _step(self, x: Array, h: Array) -> Array:
-        gates = jax.nn.sigmoid(self.Wrz(jnp.concatenate([x, h], -1)))
+        gates = jax.nn.sigmoid(_numbers(self.Wrz(jnp.concatenate([x, h], -1))))
         r, z = jnp.split(gates, 2, axis=-1)
-        candidate = self.activation(self.Wh(jnp.concatenate([x, r * h], -1)))
+        candidate = self.activation(_numbers(self.Wh(jnp.concatenate([x, r * h], -1))))
         return (1 - z) * h + z * candidate
 
 
@@ -517,14 +523,18 @@ class LSTMCell(RNNCell):
         h, h_unit = strip_unit(_state_value(self, "h", "be stepped"))
         c, c_unit = strip_unit(_state_value(self, "c", "be stepped"))
         x = _input(self, x, h, h_unit)
-        i, g, f, o = jnp.split(self.W(jnp.concatenate([x, h], -1)), 4, axis=-1)
+        gates = _numbers(self.W(jnp.concatenate([x, h], -1)))
+        i, g, f, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * self.activation(g)
         h = jax.nn.sigmoid(o) * self.activation(c)
         new_h, new_c = attach_unit(h, h_unit), attach_unit(c, c_unit)
         return new_h, _set_state(_set_state(self, "h", new_h), "c", new_c)
 
 
-def _set_lstm_states(cell: LSTMCell, batch, key, dtypes) -> LSTMCell:
+_LSTM = TypeVar("_LSTM", bound=LSTMCell)
+
+
+def _set_lstm_states(cell: _LSTM, batch, key, dtypes) -> _LSTM:
     kh, kc = (None, None) if key is None else jax.random.split(key)
     h = _new_value(cell, batch, kh, dtypes[0])
     c = _new_value(cell, batch, kc, dtypes[1])
