@@ -28,6 +28,7 @@ from ._paths import (
     Path,
     path_repr,
     path_str,
+    PyTreeDef,
 )
 from ._state import State
 from ._walk import iter_states, map_states
@@ -110,7 +111,7 @@ def _places(subpaths: tuple[Path, ...]) -> tuple:
     return tuple((p, j, path_str(p)) for p, j in places.items())
 
 
-_PLACES: dict[jtu.PyTreeDef, tuple] = {}  # per value structure: many states share one
+_PLACES: dict[PyTreeDef, tuple] = {}  # per value structure: many states share one
 
 
 class PlaceIndex:
@@ -129,9 +130,10 @@ class PlaceIndex:
         self._dotted: dict[str, list] | None = None
 
     def slot(self, i: int) -> _Slot:
-        if self.slots[i] is None:
-            self.slots[i] = _Slot(*self.found[i])
-        return self.slots[i]
+        slot = self.slots[i]
+        if slot is None:
+            slot = self.slots[i] = _Slot(*self.found[i])
+        return slot
 
     def _build_deep(self) -> dict[Path, tuple]:
         """Every place strictly below a state, by tuple path."""
@@ -256,7 +258,7 @@ def _convert_array(expected: Any, given: Any) -> Any:
 
 
 def _is_key(dtype: Any) -> bool:
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    return jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def _is_plain_unit(unit: u.Unit) -> bool:
@@ -466,7 +468,7 @@ def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
     """For each state, the `(path inside the value, leaf index or None, value)` the
     keys name, in order
     (later keys overwrite earlier ones); and the keys that name nothing."""
-    plans: dict[int, list[tuple[Path, Any]]] = {}
+    plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
     unexpected: list = []
     for d in state_dicts:
         for key, value in d.items():
@@ -494,7 +496,7 @@ def _new_value(
             # the common case, a value like the old: nothing to check or cast
             return None, (dict(value) if type(value) is dict else value)
     slot = index.slot(i)
-    new = [_UNSET] * len(slot.leaves)
+    new: list[Any] = [_UNSET] * len(slot.leaves)
     for sub, j, value in plan:
         if j is not None and type(value) in _ONE_LEAF:  # a leaf for a leaf's place
             targets, given = (j,), (value,)
@@ -528,6 +530,7 @@ class _Host:
     others of the restore, and stored at `leaves[t]` (with `unit`, if any)."""
 
     __slots__ = ("array", "unit", "leaves", "t", "old")
+    unit: u.Unit | None
 
     def __init__(self, array: np.ndarray):
         self.array, self.unit = array, None
@@ -565,7 +568,7 @@ def _same_avals(old: Any, new: Any) -> bool:
         return type(old) is _ArrayImpl and old.aval == new.aval
     if type(new) is dict and type(old) is dict and len(new) == len(old):
         for k, v in new.items():
-            o = old.get(k)
+            o: Any = old.get(k)  # (pyright would keep `.get`'s `None` below)
             if type(v) is _ArrayImpl and type(o) is _ArrayImpl:
                 if o.aval != v.aval:
                     return False

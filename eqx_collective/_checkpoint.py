@@ -4,7 +4,7 @@
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, cast, NamedTuple
 
 import brainunit as u
 from jaxtyping import PyTree
@@ -403,9 +403,11 @@ def finish_load(
     converted = [
         path
         for path, value in values.items()
-        if places[path] is not None and _converted(index.leaf_at(places[path]), value)
+        if (where := places[path]) is not None
+        and _converted(index.leaf_at(where), value)
     ]
-    return LoadResult(result.model, list(result.unexpected), missing, converted)
+    unexpected = cast(list[Path], list(result.unexpected))  # (all keys are tuples)
+    return LoadResult(result.model, unexpected, missing, converted)
 
 
 def _converted(old: Any, new: Any) -> bool:

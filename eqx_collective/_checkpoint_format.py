@@ -11,10 +11,12 @@ import functools
 import json
 import math
 import re
-from typing import Any, NamedTuple
+from typing import Any, cast, NamedTuple
 
 import brainunit as u
 import jax
+import jax.core
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -66,7 +68,7 @@ def tensor_name(path: Path) -> str:
     (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or a
     non-negative index, else the JSON list of the path (`'["a.b",-1]'`). The two forms
     never collide (a dotted name never starts with `[`), and each path has one name."""
-    simple = all(_is_simple(p) if type(p) is str else p >= 0 for p in path)
+    simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
     name = ".".join(map(str, path))
     if simple and path and name != _RESERVED:
         return name
@@ -101,7 +103,7 @@ def path_of_name(name: str) -> Path:
     path = tuple(map(_dotted_entry, name.split(".")))
     if None in path or name == _RESERVED:
         raise BadFile(f"the tensor name {name!r} is not canonical")
-    return path
+    return cast(Path, path)  # (no `None` in it)
 
 
 def is_json_path(x: Any) -> bool:
@@ -193,7 +195,7 @@ def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
     dtype = getattr(leaf, "dtype", None)
     rule = _RULES.get(dtype) if dtype is not None else None
     if rule is None:
-        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
             return _key_to_stored(path, leaf, entry, host)
         rule = _rule(
             path, np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype

@@ -17,6 +17,10 @@ Path: TypeAlias = tuple[str | int, ...]
 `('layers', 0, 'weight')`. Wherever a path is taken, the dotted string
 `'layers.0.weight'` is accepted too."""
 
+# `jax.tree_util.PyTreeDef` comes from jaxlib's C++ extension, which has no type stubs:
+# pyright sees a variable, not a class.
+PyTreeDef: TypeAlias = jtu.PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+
 
 def _entry(key: Any) -> Any:
     if isinstance(key, jtu.GetAttrKey):
@@ -103,7 +107,7 @@ def is_value_leaf(x: Any) -> bool:
     return _kind(x)[2]
 
 
-def flatten_value(value: Any) -> tuple[list, jtu.PyTreeDef, tuple[Path, ...]]:
+def flatten_value(value: Any) -> tuple[list, PyTreeDef, tuple[Path, ...]]:
     """The leaves of a state's `value`, its structure, and the leaves' paths relative
     to the state: `jax.tree_util.tree_flatten_with_path(value, is_leaf=is_value_leaf)`.
 
@@ -123,7 +127,7 @@ def flatten_value(value: Any) -> tuple[list, jtu.PyTreeDef, tuple[Path, ...]]:
         if layout is None:
             treedef = jtu.tree_structure(dict.fromkeys(keys, 0))
             layout = _DICT_LAYOUTS[keys] = (treedef, tuple((k,) for k in keys))
-        return [value[k] for k in keys], *layout
+        return [value[k] for k in keys], layout[0], layout[1]
     leaves, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
     subpaths = _SUBPATHS.get(treedef)
     if subpaths is None:
@@ -134,8 +138,8 @@ def flatten_value(value: Any) -> tuple[list, jtu.PyTreeDef, tuple[Path, ...]]:
 
 _ArrayImpl = type(jnp.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
-_DICT_LAYOUTS: dict[tuple, tuple[jtu.PyTreeDef, tuple[Path, ...]]] = {}
-_SUBPATHS: dict[jtu.PyTreeDef, tuple[Path, ...]] = {}
+_DICT_LAYOUTS: dict[tuple, tuple[PyTreeDef, tuple[Path, ...]]] = {}
+_SUBPATHS: dict[PyTreeDef, tuple[Path, ...]] = {}
 
 
 def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
