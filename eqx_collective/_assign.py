@@ -431,7 +431,7 @@ def assign_state_values(
 
 
 def assign(
-    target: PyTree, index: "PlaceIndex", state_dicts: tuple, strict: bool
+    target: PyTree, index: PlaceIndex, state_dicts: tuple, strict: bool
 ) -> AssignResult:
     """`assign_state_values` with `target`'s `index` (`PlaceIndex(iter_states(target))`)
     built, which `load_states` shares."""
@@ -515,13 +515,12 @@ def _new_value(
                     f"at {path_repr(path + slot.subpaths[t])}: expected {e.args[0]}, "
                     f"but got {describe(leaf)}."
                 )
-            else:
-                if type(new[t]) is _Host:
-                    hosts.append(new[t].to(new, t, slot.leaves[t]))
-    unset = [t for t, x in enumerate(new) if x is _UNSET]
-    missing.extend(path + slot.subpaths[t] for t in unset)
-    for t in unset:
-        new[t] = slot.leaves[t]
+    for t, x in enumerate(new):
+        if x is _UNSET:
+            missing.append(path + slot.subpaths[t])
+            new[t] = slot.leaves[t]
+        elif type(x) is _Host:  # (the last value given for the leaf)
+            hosts.append(x.to(new, t, slot.leaves[t]))
     return slot.treedef, new
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
-from eqx_collective.testing import stateful_pairs
+from eqx_collective.testing import assert_trees_equal, stateful_pairs
 from eqx_collective.tour import snapshot_of
 
 
@@ -629,3 +629,28 @@ def test_mixed_trees_round_trip_through_snapshots(pair, seed, level):
         assert same(got[k], v), k
     back = ec.assign_state_values(new, source(pair), strict=True).model
     assert same(back, pair)
+
+
+def test_numpy_values_move_to_the_device_once_and_the_last_value_wins():
+    model = {"w": ec.ParamState({"a": jnp.zeros(3), "b": jnp.zeros(3)})}
+    host = np.arange(3, dtype=np.float32)
+    device = jnp.full(3, 7.0, jnp.float32)
+    # NumPy first, then a JAX array for the same leaf (and the reverse): the later wins
+    new = ec.assign_state_values(model, {"w.a": host}, {"w.a": device}).model
+    np.testing.assert_array_equal(new["w"].value["a"], device)
+    new = ec.assign_state_values(model, {"w.a": device}, {"w.a": host}).model
+    np.testing.assert_array_equal(new["w"].value["a"], host)
+    # NumPy values, safely cast NumPy values and Python scalars become JAX arrays of the
+    # state's dtype, on the device of the array they replace
+    values = {"w.a": host, "w.b": np.ones(3, np.float16)}
+    new = ec.assign_state_values(model, values).model
+    for leaf in new["w"].value.values():
+        assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
+        assert leaf.devices() == model["w"].value["a"].devices()
+    scalar = ec.assign_state_values({"n": ec.LongTermState(jnp.int32(0))}, {"n": 4})
+    assert isinstance(scalar.model["n"].value, jax.Array)
+    assert scalar.model["n"].value == 4
+    # under `jax.jit`, NumPy values become constants of the traced model
+    jitted = eqx.filter_jit(lambda m: ec.assign_state_values(m, values).model)
+    with jax.checking_leaks():
+        assert_trees_equal(jitted(model), ec.assign_state_values(model, values).model)
