@@ -540,10 +540,10 @@ class _Host:
 
 
 def _to_devices(hosts: list[_Host]) -> None:
-    """Moves the host values of a restore to the device in one `jax.device_put` (one
-    transfer for all is several times faster than one `jnp.asarray` each), each to
-    the devices of the array it replaces (a sharded model stays sharded), or placed
-    by default as JAX places a new array (uncommitted)."""
+    """Moves the host values of a restore to the device in one `jax.device_put` (for
+    800 small arrays, about 0.7x the time of one `jnp.asarray` each), each to the
+    devices of the array it replaces (a sharded model stays sharded), or placed by
+    default as JAX places a new array (uncommitted)."""
     if not hosts:
         return
     shardings = []
