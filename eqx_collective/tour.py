@@ -140,15 +140,23 @@ def make_autoencoder(key: PRNGKeyArray) -> nn.Sequential:
     )
 
 
-def snapshot_of(model: Any) -> dict[ec.Path, Any]:
+def snapshot_of(
+    model: Any, states: Callable[[Any], dict] = ec.states
+) -> dict[ec.Path, Any]:
     """The tutorial's own snapshot loop (sections *Restoring states* and *Putting it
     all together*), unchanged but for the model's states, `ec.states(model)`: a
     *leaf-level* snapshot, one key per array inside a state's dict.
 
+    **Arguments:**
+
+    - `model`: the model.
+    - `states`: how to list its states by path; for a brainstate model, as in the
+        tutorial, `lambda m: m.states()`.
+
     **Returns:** `{path: value}`; `ec.leaf_values(model)` gives the same in one call.
     """
     snapshot = {}
-    for path, state in ec.states(model).items():
+    for path, state in states(model).items():
         if isinstance(state.value, dict):
             for key, value in state.value.items():
                 snapshot[path + (key,)] = value

@@ -30,19 +30,6 @@ def _bs():
     return brainstate if brainstate.__version__.startswith("0.5.") else None
 
 
-def _tutorial_snapshot(states):
-    """The tutorial's own snapshot loop, for brainstate's `model.states()` (for an
-    `eqx_collective` model, `eqx_collective.tour.snapshot_of`)."""
-    snapshot = {}
-    for path, state in states.items():
-        if isinstance(state.value, dict):
-            for key, value in state.value.items():
-                snapshot[path + (key,)] = value
-        else:
-            snapshot[path] = state.value
-    return snapshot
-
-
 class Noisy(eqx.Module):
     h: ec.HiddenState
 
@@ -337,7 +324,7 @@ def test_assign_accepts_the_tutorials_leaf_level_snapshot(key):
         b = bs.nn.Sequential(bs.nn.Linear((4,), (3,)), bs.nn.ReLU())
         bs.nn.init_all_states(b)
         unexpected, missing = bs.nn.assign_state_values(
-            b, _tutorial_snapshot(b.states())
+            b, snapshot_of(b, states=lambda m: m.states())
         )
         assert len(unexpected) == 2 and missing == [("layers", 0, "weight")]
 
