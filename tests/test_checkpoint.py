@@ -618,6 +618,20 @@ def test_invalid_metadata_is_refused(tmp):
         refused(write(change), model, *fragments)
     fewer = {k: v for k, v in arrays.items() if k != "h"}
     refused(write(lambda m: None, fewer), model, "['h'] of its metadata are absent")
+    # a tensor stored with a dtype code that NumPy cannot read (safetensors' float8)
+    data = np.zeros(arrays["h"].shape, np.uint8)
+    specs = {
+        name: safetensors.TensorSpec(
+            dtype="float8_e4m3fn" if name == "h" else a.dtype.name,
+            shape=a.shape,
+            data_ptr=(data if name == "h" else a).ctypes.data,
+            data_len=data.nbytes if name == "h" else a.nbytes,
+        )
+        for name, a in arrays.items()
+    }
+    metadata = {"eqx_collective": json.dumps(good)}
+    safetensors.serialize_file(specs, tmp("f8"), metadata=metadata)
+    refused(tmp("f8"), model, "'h' is stored as F8_E4M3", "float32")
     for text in ("{not json", "[" * 100_000 + "]" * 100_000):
         safetensors.numpy.save_file(arrays, tmp("nojson"), {"eqx_collective": text})
         refused(tmp("nojson"), model, "not valid JSON")
