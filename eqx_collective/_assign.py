@@ -19,10 +19,11 @@ from jaxtyping import PyTree
 
 from ._checks import describe
 from ._ensemble import place
-from ._fields import rebuild
+from ._fields import field, rebuild
 from ._paths import (
     as_path,
     flatten_value,
+    is_concrete_array,
     is_value_leaf,
     keypath_to_path,
     Path,
@@ -35,8 +36,6 @@ from ._walk import iter_states, map_states
 
 
 _MAX_LISTED = 20
-_get = object.__getattribute__  # bypasses the slow `eqx.Module.__getattribute__`
-_ArrayImpl = type(jnp.zeros(()))
 _UNSET = object()
 
 
@@ -84,7 +83,7 @@ class _Slot:
 
     def __init__(self, path: Path, state: State):
         self.path, self.state = path, state
-        value = _get(state, "__dict__")["value"]
+        value = field(state, "value")
         self.leaves, self.treedef, self.subpaths = flatten_value(value)
         below = _PLACES.get(self.treedef)
         if below is None:
@@ -267,9 +266,9 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
-    if type(expected) is _ArrayImpl:  # the common cases: nothing to check or cast
+    if is_concrete_array(expected):  # the common cases: nothing to check or cast
         kind, aval = type(given), expected.aval
-        if kind is _ArrayImpl and given.aval == aval:
+        if is_concrete_array(given) and given.aval == aval:
             return given
         if (
             kind is np.ndarray
@@ -492,13 +491,15 @@ def _new_value(
     path, state = index.found[i]
     if len(plan) == 1 and not plan[0][0]:
         value = plan[0][2]
-        if _same_avals(_get(state, "__dict__")["value"], value):
+        if _same_avals(field(state, "value"), value):
             # the common case, a value like the old: nothing to check or cast
             return None, (dict(value) if type(value) is dict else value)
     slot = index.slot(i)
     new: list[Any] = [_UNSET] * len(slot.leaves)
     for sub, j, value in plan:
-        if j is not None and type(value) in _ONE_LEAF:  # a leaf for a leaf's place
+        if j is not None and (
+            is_concrete_array(value) or type(value) in _ONE_LEAF
+        ):  # a leaf for a leaf's place
             targets, given = (j,), (value,)
         else:
             targets = slot.targets(sub)
@@ -549,7 +550,7 @@ def _to_devices(hosts: list[_Host]) -> None:
     shardings = []
     for h in hosts:
         old = h.old.mantissa if isinstance(h.old, u.Quantity) else h.old
-        placed = type(old) is _ArrayImpl and old.committed
+        placed = is_concrete_array(old) and old.committed
         shardings.append(old.sharding if placed else None)
     arrays = [h.array for h in hosts]
     if any(s is not None for s in shardings):
@@ -563,12 +564,12 @@ def _to_devices(hosts: list[_Host]) -> None:
 def _same_avals(old: Any, new: Any) -> bool:
     """Whether `new` is a JAX array, or a dict of them, like `old` in structure,
     shapes and dtypes."""
-    if type(new) is _ArrayImpl:
-        return type(old) is _ArrayImpl and old.aval == new.aval
+    if is_concrete_array(new):
+        return is_concrete_array(old) and old.aval == new.aval
     if type(new) is dict and type(old) is dict and len(new) == len(old):
         for k, v in new.items():
             o: Any = old.get(k)  # (pyright would keep `.get`'s `None` below)
-            if type(v) is _ArrayImpl and type(o) is _ArrayImpl:
+            if is_concrete_array(v) and is_concrete_array(o):
                 if o.aval != v.aval:
                     return False
             elif not _same_avals(o, v):
@@ -578,7 +579,7 @@ def _same_avals(old: Any, new: Any) -> bool:
 
 
 # Types that are one leaf of a value (what a leaf-level key usually carries).
-_ONE_LEAF = frozenset({_ArrayImpl, np.ndarray, u.Quantity, bool, int, float, complex})
+_ONE_LEAF = frozenset({np.ndarray, u.Quantity, bool, int, float, complex})
 
 
 def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bool:
@@ -594,7 +595,7 @@ def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bo
 def _placed(state: State, value: Any) -> State:
     """`state` holding `value`, placed as the state's ensemble records (see
     `shard_ensemble`), so that a restore keeps a sharded ensemble sharded."""
-    sharding = _get(state, "__dict__").get("ensemble_sharding")
+    sharding = field(state, "ensemble_sharding")
     if sharding is not None:
         value = place({"v": value}, sharding)["v"]
     return rebuild(state, {"value": value})

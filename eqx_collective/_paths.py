@@ -5,7 +5,8 @@ from typing import Any, TypeAlias
 
 import brainunit as u
 import equinox as eqx
-import jax.numpy as jnp
+import jax
+import jax.core
 import jax.tree_util as jtu
 
 from ._fields import ClassCache
@@ -102,6 +103,21 @@ def is_state(x: Any) -> bool:
     return _kind(x)[1]
 
 
+_CONCRETE = ClassCache()
+
+
+def is_concrete_array(x: Any) -> bool:
+    """Whether `x` is a concrete JAX array (a `jax.Array`, not a tracer); cached per
+    type, so that importing the library makes no array to learn the type."""
+    cls = type(x)
+    concrete = _CONCRETE.get(id(cls))
+    if concrete is None:
+        concrete = _CONCRETE.put(
+            cls, issubclass(cls, jax.Array) and not issubclass(cls, jax.core.Tracer)
+        )
+    return concrete
+
+
 def is_value_leaf(x: Any) -> bool:
     """Leaves of a state's value: a `brainunit.Quantity` is one leaf."""
     return _kind(x)[2]
@@ -117,10 +133,10 @@ def flatten_value(value: Any) -> tuple[list, PyTreeDef, tuple[Path, ...]]:
     since many states share one and `tree_flatten_with_path` costs several times more
     than `tree_flatten`."""
     kind = type(value)
-    if kind is _ArrayImpl:
+    if is_concrete_array(value):
         return [value], _LEAF_TREEDEF, ((),)
     if kind is dict and all(
-        type(k) is str and type(v) is _ArrayImpl for k, v in value.items()
+        type(k) is str and is_concrete_array(v) for k, v in value.items()
     ):
         keys = tuple(sorted(value))
         layout = _DICT_LAYOUTS.get(keys)
@@ -136,7 +152,6 @@ def flatten_value(value: Any) -> tuple[list, PyTreeDef, tuple[Path, ...]]:
     return leaves, treedef, subpaths
 
 
-_ArrayImpl = type(jnp.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
 _DICT_LAYOUTS: dict[tuple, tuple[PyTreeDef, tuple[Path, ...]]] = {}
 _SUBPATHS: dict[PyTreeDef, tuple[Path, ...]] = {}
@@ -149,7 +164,7 @@ def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
     return [
         (path + sub, x)
         for sub, x in zip(subpaths, leaves, strict=True)
-        if type(x) is _ArrayImpl
+        if is_concrete_array(x)
         or not (isinstance(x, u.Quantity) and x.mantissa is None)
     ]
 

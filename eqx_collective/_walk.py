@@ -16,7 +16,6 @@ leaf counts**:
     part) is not shown.
 """
 
-import dataclasses
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -28,8 +27,23 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._fields import ClassCache, rebuild
-from ._paths import _kind, is_value_leaf, keypath_to_path, Path, path_repr
+from ._fields import (
+    ClassCache,
+    dynamic_fields,
+    field,
+    fields as module_fields,
+    rebuild,
+    state_values,
+    state_with,
+)
+from ._paths import (
+    _kind,
+    is_concrete_array,
+    is_value_leaf,
+    keypath_to_path,
+    Path,
+    path_repr,
+)
 from ._state import LongTermState, ParamState, State
 
 
@@ -89,12 +103,11 @@ def map_states(
 
 def holds_arrays(value: Any) -> bool:
     """Whether a state's value holds at least one leaf (a placeholder does not)."""
-    kind = type(value)
-    if kind is _ArrayImpl:
+    if is_concrete_array(value):
         return True
-    if kind is dict:
+    if type(value) is dict:
         for v in value.values():
-            if type(v) is _ArrayImpl or holds_arrays(v):
+            if is_concrete_array(v) or holds_arrays(v):
                 return True
         return False
     if value is None:
@@ -105,12 +118,9 @@ def holds_arrays(value: Any) -> bool:
     )
 
 
-_ArrayImpl = type(jnp.zeros(()))
 _STATE, _MODULE, _INDEX, _SEQUENCE, _DICT, _LEAF, _OTHER, _ARRAY, _EQX_STATE = range(9)
-_JAX_MODULE = 9  # a module traversed by `jax.tree_util` (see `_reads_like_jax`)
 _HOW = ClassCache()
 _INEXACT: dict[Any, bool] = {}
-_get = object.__getattribute__
 _ABSENT = object()
 
 
@@ -124,13 +134,8 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
         how = (_STATE, ())
     elif cls is eqx.nn.State:
         how = (_EQX_STATE, ())
-    elif node and not (cls.__dictoffset__ and _reads_like_jax(x)):
-        how = (_JAX_MODULE, ())
     elif node:
-        fields = tuple(
-            f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")
-        )
-        how = (_INDEX if cls is eqx.nn.StateIndex else _MODULE, fields)
+        how = (_INDEX if cls is eqx.nn.StateIndex else _MODULE, dynamic_fields(x))
     elif cls is list or cls is tuple:
         how = (_SEQUENCE, ())
     elif cls is dict:
@@ -144,21 +149,6 @@ def _how(x: Any) -> tuple[int, tuple[str, ...]]:
         leaf = treedef.num_nodes == 1 and treedef.num_leaves == 1
         how = (_LEAF if leaf else _OTHER, ())
     return _HOW.put(cls, how)
-
-
-def _reads_like_jax(x: eqx.Module) -> bool:
-    """Whether reading `x`'s dynamic fields from its `__dict__` in declaration order,
-    and rebuilding it with `rebuild`, agree with `jax.tree_util` (checked once per
-    class): if a future Equinox flattened a module otherwise, the walk would take the
-    general path for it instead."""
-    children, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    names = [getattr(kp[0], "name", None) for kp, _ in children]
-    old = _get(x, "__dict__")
-    dynamic = [f.name for f in dataclasses.fields(x) if not f.metadata.get("static")]
-    if names != [n for n in dynamic if n in old]:
-        return False
-    new = _get(jtu.tree_unflatten(treedef, [c for _, c in children]), "__dict__")
-    return all(k in new and new[k] is old[k] for k in old)
 
 
 def _is_inexact(x: Any) -> bool:
@@ -191,7 +181,7 @@ def _unview(out: Any, view: State, path: Path) -> Any:
         and not out.ensemble_shape
         and out.ensemble_sharding is None
     ):
-        return _get(out, "__dict__")["value"]
+        return field(out, "value")
     raise TypeError(
         f"The array at path {path_repr(path)} is a raw array of a plain Equinox module, "
         f"so it can hold only a value, but it was given {out!r}. To give it a tag, a "
@@ -220,7 +210,7 @@ class _Walk:
             on_state = self.on_state
             if on_state is None:
                 return x
-            if self.views and not holds_arrays(_get(x, "__dict__").get("value")):
+            if self.views and not holds_arrays(field(x, "value")):
                 return x
             return on_state(path, x)
         if how == _MODULE or how == _INDEX:
@@ -244,9 +234,6 @@ class _Walk:
             if self.on_state is None or not self.views:
                 return x
             return self._eqx_state(x, path)
-        if how == _JAX_MODULE:
-            x = self._other(x, path, raw)
-            return x if self.on_node is None else self.on_node(path, x)
         if how == _DICT:
             try:
                 keys = sorted(x)
@@ -257,7 +244,7 @@ class _Walk:
         return self._other(x, path, raw)
 
     def _module(self, x, path, fields, raw):
-        old = _get(x, "__dict__")
+        old = module_fields(x)
         changed = None
         for name in fields:
             child = old.get(name, _ABSENT)
@@ -298,8 +285,7 @@ class _Walk:
         return x if out is view else _unview(out, view, path)
 
     def _eqx_state(self, x, path):
-        x.tree_flatten()  # Equinox's own error for a state used after `set`
-        entries = _get(x, "_state")
+        entries = state_values(x)
         changed, seen = None, {}
         for marker, value in entries.items():
             sub = path + self._relative(path, marker)
@@ -322,9 +308,7 @@ class _Walk:
                 changed[marker] = _unview(out, view, sub)
         if changed is None:
             return x
-        new = object.__new__(type(x))
-        new._state = changed
-        return new
+        return state_with(changed)
 
     def _relative(self, path: Path, marker: Any) -> Path:
         """The path of the `StateIndex` with `marker`, below the branch that holds it
@@ -333,7 +317,7 @@ class _Walk:
             self._index_paths = {}
             for p, n in iter_nodes(self.root):
                 if type(n) is eqx.nn.StateIndex:
-                    self._index_paths.setdefault(_get(n, "__dict__")["marker"], p)
+                    self._index_paths.setdefault(field(n, "marker"), p)
         where = self._index_paths.get(marker)
         if where is None:
             raise ValueError(
