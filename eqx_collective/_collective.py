@@ -12,7 +12,7 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._fields import ClassCache, method
+from ._fields import ClassCache, fields, method
 from ._filters import Filter, to_predicate
 from ._ordered_method import OrderedMethod
 from ._paths import Path, path_hash, path_repr
@@ -154,7 +154,7 @@ def _check_not_a_field(path: Path, node: Any, fn_name: str, op: str) -> None:
     neither a method to call nor a method that is missing, whatever `fn_if_not_exist`
     says."""
     attr = getattr(type(node), fn_name, None)
-    if fn_name in getattr(node, "__dict__", ()) or not (attr is None or callable(attr)):
+    if fn_name in fields(node) or not (attr is None or callable(attr)):
         raise TypeError(
             f"`{op}`: `{fn_name}` of the node at path {path_repr(path)} "
             f"({type(node).__name__}) is a field or a non-callable attribute, not a "
