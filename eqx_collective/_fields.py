@@ -76,19 +76,22 @@ def _check_class(x: eqx.Module) -> tuple[str, ...]:
     cls = type(x)
     if not cls.__dictoffset__:
         raise _broken(f"`{cls.__qualname__}` instances have no `__dict__`")
+    names = [f.name for f in dataclasses.fields(x)]
     dynamic = tuple(
         f.name for f in dataclasses.fields(x) if not f.metadata.get("static", False)
     )
     old = _get(x, "__dict__")
     children, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    names = [getattr(kp[0], "name", None) for kp, _ in children]
-    if names != [n for n in dynamic if n in old]:
+    flattened = [getattr(kp[0], "name", None) for kp, _ in children]
+    if flattened != [n for n in dynamic if n in old]:
         raise _broken(
             f"`{cls.__qualname__}`'s dynamic fields {list(dynamic)} are not what "
-            f"`jax.tree_util` flattens ({names})"
+            f"`jax.tree_util` flattens ({flattened})"
         )
+    # (Fields only: a module may keep other attributes in its `__dict__`, as Equinox's
+    # own bound methods keep `__name__`; `rebuild` copies those too.)
     new = _get(jtu.tree_unflatten(treedef, [c for _, c in children]), "__dict__")
-    if any(k not in new or new[k] is not old[k] for k in old):
+    if any(k in old and (k not in new or new[k] is not old[k]) for k in names):
         raise _broken(f"Unflattening a `{cls.__qualname__}` does not keep its fields")
     return dynamic
 
@@ -112,6 +115,15 @@ def rebuild(module: M, changes: dict[str, Any]) -> M:
     new_fields = _get(new, "__dict__")
     new_fields.update(_get(module, "__dict__"))
     new_fields.update(changes)
+    return new
+
+
+def make(cls: type[M], values: dict[str, Any]) -> M:
+    """A `cls` holding `values` (its fields, and any attributes it keeps beside them,
+    as Equinox's bound methods keep `__name__`), made as Equinox's unflatten makes a
+    module: no `__init__`, no `__check_init__`. For modules built on a hot path."""
+    new = object.__new__(cls)
+    _get(new, "__dict__").update(values)
     return new
 
 

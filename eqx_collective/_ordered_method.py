@@ -8,6 +8,8 @@ from typing import Any
 
 import equinox as eqx
 
+from ._fields import make
+
 
 _WRAPPER_NAMES = (
     "__module__",
@@ -49,15 +51,12 @@ class OrderedMethod:
             return self
         if not isinstance(obj, eqx.Module):
             return types.MethodType(self, obj)
-        bound = object.__new__(OrderedBoundMethod)
-        fields = object.__getattribute__(bound, "__dict__")
         fn = self.__wrapped__
-        fields["__func__"] = fn
-        fields["__self__"] = obj
+        values = {"__func__": fn, "__self__": obj}
         for name in _WRAPPER_NAMES:
-            if name in fn.__dict__ or hasattr(fn, name):
-                fields[name] = getattr(fn, name)
-        return bound
+            if hasattr(fn, name):
+                values[name] = getattr(fn, name)
+        return make(OrderedBoundMethod, values)
 
     def __repr__(self) -> str:
         return f"<call_order({self.call_order}) {self.__wrapped__!r}>"

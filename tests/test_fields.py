@@ -77,3 +77,36 @@ def test_a_used_eqx_state_is_refused_as_equinox_refuses_it():
         _fields.state_values(state)
     with pytest.raises(ValueError, match="old state"):
         ec.leaf_values((model, state))
+
+
+def test_no_other_module_reads_equinox_internals():
+    # The fence is the only module that reads a module's `__dict__`, builds a module
+    # without `__init__` or reads `eqx.nn.State`'s private dict.
+    import pathlib
+    import re
+
+    root = pathlib.Path(ec.__file__).parent
+    pattern = re.compile(r"__dict__|object\.__(getattribute|new|setattr)__|\w\._state\b")
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "_fields.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line.split("#")[0])
+    ]
+    assert offenders == []
+
+
+def test_an_ordered_bound_method_is_a_pytree_like_equinox_s():
+    class Cell(eqx.Module):
+        w: jnp.ndarray
+
+        @ec.call_order(1)
+        def init_state(self):
+            return self
+
+    cell = Cell(jnp.ones(2))
+    bound = cell.init_state
+    assert jtu.tree_leaves(bound) == [cell.w]
+    assert bound.__name__ == "init_state" and bound.call_order == 1
+    assert bound() is cell

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
-from ._plain_methods import PlainPrivateMethods
+from .._fields import method
 from ._values import attach_unit, default_float_dtype
 
 
@@ -70,7 +70,7 @@ def _number(x: Any) -> Any:
     return x
 
 
-class Initialiser(PlainPrivateMethods):
+class Initialiser(eqx.Module):
     """Base class of the initialisers. An initialiser is an immutable `eqx.Module`
     called as `init(shape, *, key=None, dtype=None)`.
 
@@ -131,7 +131,7 @@ class Initialiser(PlainPrivateMethods):
                     f"`{name}` draws random floating-point numbers, so its `dtype` "
                     f"must be a floating dtype, but got {dtype}."
                 )
-        return attach_unit(self._generate(shape, dtype, key), self.unit)
+        return attach_unit(method(self, "_generate")(shape, dtype, key), self.unit)
 
     @abc.abstractmethod
     def _generate(self, shape: tuple[int, ...], dtype: Any, key: Any) -> Array:

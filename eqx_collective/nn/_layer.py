@@ -3,11 +3,12 @@
 
 from typing import Any, Self
 
+import equinox as eqx
+
 from .._collective import returns_self
-from ._plain_methods import PlainPrivateMethods
 
 
-class Layer(PlainPrivateMethods):
+class Layer(eqx.Module):
     """Base class of the layers of [`eqx_collective.nn`][]: the counterpart of
     brainstate's `brainstate.nn.Module`.
 
@@ -20,8 +21,9 @@ class Layer(PlainPrivateMethods):
 
     The methods take and ignore any arguments, so that one call
     (`init_all_states(model, batch_size=4)`) can reach layers with and without state.
-    A layer's private methods (`self._step`) are plain Python methods (see
-    `PlainPrivateMethods`), cheap to call.
+    Its methods, private ones included, bind as Equinox's do (a bound method is a
+    pytree holding the layer, so `eqx.filter_jit(cell._step)` traces once for every
+    cell of one shape).
 
     !!! Example
 

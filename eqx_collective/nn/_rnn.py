@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray, PyTree
 
 from .._checks import positive_int
-from .._fields import replace_fields
+from .._fields import method, replace_fields
 from .._state import HiddenState
 from ._initialisers import Constant, Orthogonal, XavierNormal, ZERO_INIT
 from ._layer import StatefulLayer
@@ -280,7 +280,7 @@ class _SingleStateCell(RNNCell):
         del key
         h, unit = strip_unit(_state_value(self, "h", "be stepped"))
         x = _input(self, x, h, unit)
-        new_h = attach_unit(self._step(x, h), unit)
+        new_h = attach_unit(method(self, "_step")(x, h), unit)
         return new_h, _set_state(self, "h", new_h)
 
     @abc.abstractmethod
