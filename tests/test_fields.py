@@ -86,7 +86,9 @@ def test_no_other_module_reads_equinox_internals():
     import re
 
     root = pathlib.Path(ec.__file__).parent
-    pattern = re.compile(r"__dict__|object\.__(getattribute|new|setattr)__|\w\._state\b")
+    pattern = re.compile(
+        r"__dict__|object\.__(getattribute|new|setattr)__|\w\._state\b"
+    )
     offenders = [
         f"{path.relative_to(root)}:{n}"
         for path in sorted(root.rglob("*.py"))

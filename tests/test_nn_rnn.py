@@ -360,3 +360,23 @@ def test_an_array_state_init_is_a_constant(key):
 def test_an_unhashable_state_init_is_refused(key):
     with pytest.raises(TypeError, match="must be hashable"):
         nn.ValinaRNNCell(2, 3, state_init=nn.Normal(jnp.zeros(3)), key=key)
+
+
+def test_a_private_method_binds_as_an_equinox_method(getkey):
+    # `cell._step` is a pytree holding the cell (as every Equinox bound method), so a
+    # filtered jit traces it once for every cell of one shape.
+    traces = []
+
+    @eqx.filter_jit
+    def run(step, x, h):
+        traces.append(None)
+        return step(x, h)
+
+    x, h = jnp.ones((2, 3)), jnp.zeros((2, 4))
+    cells = [nn.GRUCell(3, 4, key=getkey()) for _ in range(3)]
+    outs = [run(cell._step, x, h) for cell in cells]
+    assert len(traces) == 1
+    assert not jnp.array_equal(outs[0], outs[1])  # each cell's own weights
+    assert jax.tree_util.tree_leaves(cells[0]._step) == jax.tree_util.tree_leaves(
+        cells[0]
+    )
