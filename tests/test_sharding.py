@@ -1,20 +1,16 @@
-"""Sharding the ensemble axis over several (simulated) CPU devices. JAX fixes the
-device count when it starts, so this runs in a separate process."""
+"""Sharding the ensemble axis over several simulated CPU devices (`conftest.py` starts
+JAX with eight: importing the library starts no backend, so the setting holds)."""
 
-import textwrap
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-from helpers import run_on_devices
+import eqx_collective as ec
 
 
-SCRIPT = textwrap.dedent(
-    """
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import eqx_collective as ec
-
+def test_sharding_over_eight_simulated_devices():
     assert jax.device_count() == 8, jax.devices()
     key = jax.random.key(0)
     cell = ec.nn.ValinaRNNCell(4, 16, key=key)
@@ -29,9 +25,9 @@ SCRIPT = textwrap.dedent(
 
     @eqx.filter_jit
     def step(ens, x):
-        return eqx.filter_vmap(lambda c, x: c(x), in_axes=(ec.ensemble_in_axes(ens), None))(
-            ens, x
-        )
+        return eqx.filter_vmap(
+            lambda c, x: c(x), in_axes=(ec.ensemble_in_axes(ens), None)
+        )(ens, x)
 
     x = jnp.ones(4)
     y_sharded, new = step(sharded, x)
@@ -42,36 +38,21 @@ SCRIPT = textwrap.dedent(
     reset = ec.vmap_reset_all_states(new)
     assert reset.h.value.shape == (16, 16)
 
-    try:
+    with pytest.raises(
+        ValueError, match="12 members cannot be split evenly over 8 dev"
+    ):
         ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=12, key=key), mesh)
-    except ValueError as e:
-        assert "12 members cannot be split evenly over 8 devices" in str(e), e
-    else:
-        raise AssertionError("an uneven split was accepted")
     # A 2-D mesh: members over one axis, replicated over the other.
-    mesh2 = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("ensemble", "data"))
+    mesh2 = jax.sharding.Mesh(
+        np.array(jax.devices()).reshape(4, 2), ("ensemble", "data")
+    )
     w2 = ec.shard_ensemble(ens, mesh2).W.weight.value["weight"]
     assert {s.data.shape for s in w2.addressable_shards} == {(4, 20, 16)}
-    try:
+    with pytest.raises(ValueError, match="6 members cannot be split evenly over 4 dev"):
         ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=6, key=key), mesh2)
-    except ValueError as e:
-        assert "6 members cannot be split evenly over 4 devices" in str(e), e
-    else:
-        raise AssertionError("an uneven split was accepted")
-    print("sharding ok")
-    """
-)
 
 
-KEPT = textwrap.dedent(
-    """
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import eqx_collective as ec
-
+def test_every_ensemble_operation_keeps_the_sharding():
     key = jax.random.key(0)
     mesh = jax.sharding.Mesh(jax.devices(), ("ensemble",))
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("ensemble"))
@@ -86,24 +67,18 @@ KEPT = textwrap.dedent(
     ops = {
         "reset": lambda e: ec.vmap_reset_all_states(e),
         "init": lambda e: ec.vmap_init_all_states(e, batch_size=2, key=key),
-        "call": lambda e: ec.vmap_call_all_fns(e, "reset_state", fn_if_not_exist="pass"),
-        "assign": lambda e: ec.assign_state_values(
-            e, {k: jnp.zeros(v.shape, v.dtype) for k, v in ec.leaf_values(e).items()}
-        ).model,
+        "call": lambda e: ec.vmap_call_all_fns(
+            e, "reset_state", fn_if_not_exist="pass"
+        ),
+        "assign": lambda e: (
+            ec.assign_state_values(
+                e,
+                {k: jnp.zeros(v.shape, v.dtype) for k, v in ec.leaf_values(e).items()},
+            ).model
+        ),
         "take": lambda e: ec.take_members(e, jnp.arange(8)),
         "where": lambda e: ec.where_members(jnp.arange(16) % 2 == 0, e, e),
     }
     for name, op in ops.items():
         check(op(cells), name + " eagerly")
         check(eqx.filter_jit(op)(cells), name + " under jit")
-    print("sharding kept")
-    """
-)
-
-
-def test_sharding_over_eight_simulated_devices():
-    assert "sharding ok" in run_on_devices(SCRIPT)
-
-
-def test_every_ensemble_operation_keeps_the_sharding():
-    assert "sharding kept" in run_on_devices(KEPT)
