@@ -322,14 +322,14 @@ SECTIONS: dict[str, tuple[str, Callable[[Say], None]]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     listing = "\n".join(
         f"  {i}. {name:<11} {title}" for i, (name, (title, _)) in enumerate(
             SECTIONS.items(), 1
         )
     )  # fmt: skip
     return argparse.ArgumentParser(
-        prog="python -m eqx_collective",
+        prog=prog,
         description=(
             "The tour: every cell of brainstate's Collective Operations tutorial, run "
             "on immutable Equinox modules, printing what the tutorial prints. Where "
@@ -356,13 +356,16 @@ def _sections(parser: argparse.ArgumentParser, wanted: Sequence[str]) -> list[st
     return chosen or names
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m eqx_collective"
+) -> int:
     """Runs the tour. `argv` are the command-line arguments (`sys.argv[1:]` if `None`):
-    section names or numbers (all if none), `--list`, `--quiet`.
+    section names or numbers (all if none), `--list`, `--quiet`; `prog` is how the
+    help calls the command.
 
     **Returns:** the exit status, 0.
     """
-    parser = _parser()
+    parser = _parser(prog)
     parser.add_argument(
         "sections",
         nargs="*",

@@ -7,4 +7,4 @@ from eqx_collective.tour import main
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python examples/collective_tour.py"))

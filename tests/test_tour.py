@@ -50,6 +50,12 @@ def test_help_from_the_command_line():
     assert "===" not in out.stdout  # --help runs nothing
 
 
+def test_the_example_script_names_itself_in_its_help():
+    out = python("examples/collective_tour.py", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python examples/collective_tour.py")
+
+
 def test_list(capsys):
     lines = run_tour(capsys, "--list").splitlines()
     rows = zip(lines, tour.SECTIONS, TITLES, strict=True)

@@ -292,7 +292,9 @@ class ValinaRNNCell(_SingleStateCell):
     r"""The vanilla (Elman) recurrent cell, spelled as brainstate spells it (alias
     [`eqx_collective.nn.VanillaRNNCell`][]):
 
-    $$h_t = \phi(W [x_t, h_{t-1}] + b)$$
+    ```text
+    h' = φ(W [x, h] + b)
+    ```
 
     It holds `W`, a [`eqx_collective.nn.Linear`][] of size `num_in + num_out` to
     `num_out`, and `h`, a [`eqx_collective.HiddenState`][] (`None` until `init_state`).
@@ -360,11 +362,11 @@ VanillaRNNCell = ValinaRNNCell
 class GRUCell(_SingleStateCell):
     r"""The gated recurrent unit (Cho et al., 2014), with brainstate's maths:
 
-    $$\begin{aligned}
-    r, z &= \sigma(W_{rz} [x, h]) \\
-    \tilde h &= \phi(W_h [x, r \odot h]) \\
-    h' &= (1 - z) \odot h + z \odot \tilde h
-    \end{aligned}$$
+    ```text
+    r, z = σ(W_rz [x, h])
+    h̃    = φ(W_h [x, r ⊙ h])
+    h'   = (1 − z) ⊙ h + z ⊙ h̃
+    ```
 
     It holds `Wrz` (`num_in + num_out` to `2 * num_out`), `Wh` (`num_in + num_out` to
     `num_out`) and the [`eqx_collective.HiddenState`][] `h` (`None` until
@@ -426,11 +428,11 @@ class LSTMCell(RNNCell):
     r"""The long short-term memory cell (Hochreiter & Schmidhuber, 1997), with
     brainstate's maths (forget-gate bias of `+1`):
 
-    $$\begin{aligned}
-    i, g, f, o &= W [x, h] \\
-    c' &= \sigma(f + 1) \odot c + \sigma(i) \odot \phi(g) \\
-    h' &= \sigma(o) \odot \phi(c')
-    \end{aligned}$$
+    ```text
+    i, g, f, o = W [x, h]
+    c'         = σ(f + 1) ⊙ c + σ(i) ⊙ φ(g)
+    h'         = σ(o) ⊙ φ(c')
+    ```
 
     It holds `W` (`num_in + num_out` to `4 * num_out`) and two
     [`eqx_collective.HiddenState`][]s, `h` and `c` (`None` until `init_state`), both
