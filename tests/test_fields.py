@@ -45,7 +45,7 @@ def test_rebuild_equals_tree_at():
     assert jtu.tree_structure(new) == jtu.tree_structure(expected)
     assert all(
         jnp.array_equal(x, y)
-        for x, y in zip(jtu.tree_leaves(new), jtu.tree_leaves(expected))
+        for x, y in zip(jtu.tree_leaves(new), jtu.tree_leaves(expected), strict=True)
     )
     assert m.b[0] == 0  # unchanged
     with pytest.raises(AttributeError, match="no field `c`"):
