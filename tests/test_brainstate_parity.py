@@ -24,6 +24,7 @@ import pytest
 import eqx_collective as ec
 from eqx_collective import nn
 from eqx_collective._collective import MAX_ORDER
+from eqx_collective.testing import assert_trees_equal
 
 
 SMALL_BATCH = 4  # brainstate's `_testing.SMALL_BATCH`
@@ -192,21 +193,24 @@ def test_init_all_states_with_mixed_args():
 
 
 def test_init_all_states_nested_modules():
-    new = ec.init_all_states(NestedModule())
+    old = NestedModule()
+    new = ec.init_all_states(old)
     assert new.submodule1.state_initialized and new.submodule2.state_initialized
-    assert new.state is not None
+    assert old.state is None and jnp.array_equal(new.state.value, jnp.zeros(3))
 
 
 def test_init_all_states_with_gru_cell():
     gru = ec.init_all_states(nn.GRUCell(1, 2, key=KEY), batch_size=10)
-    assert len(ec.states(gru)) > 0
+    assert ("h",) in ec.states(gru, ec.HiddenState)  # (created by `init_state`)
     assert gru.h.value.shape == (10, 2)
 
 
 def test_init_all_states_sequential_module():
-    seq = nn.Sequential(nn.Linear(10, 20, key=KEY), nn.Dropout(0.5))
-    seq = ec.init_all_states(seq)
-    assert len(ec.states(seq)) > 0
+    old = nn.Sequential(nn.Linear(10, 20, key=KEY), nn.Dropout(0.5))
+    seq = ec.init_all_states(old)
+    # Nothing of it has state to create: every parameter is kept as it was.
+    assert list(ec.states(seq)) == [("layers", 0, "weight")]
+    assert_trees_equal(ec.leaf_values(seq), ec.leaf_values(old))
 
 
 def test_init_all_states_node_to_exclude():
@@ -351,8 +355,10 @@ def test_reset_all_states_multiple_resets():
 
 def test_reset_all_states_reset_without_init():
     gru = ec.init_all_states(nn.GRUCell(5, 10, key=KEY), batch_size=8)
+    _, gru = gru(jnp.ones((8, 5)))  # a step moves the hidden state away from zero
+    assert not jnp.array_equal(gru.h.value, jnp.zeros((8, 10)))
     gru = ec.reset_all_states(gru, batch_size=8)
-    assert len(ec.states(gru)) > 0
+    assert jnp.array_equal(gru.h.value, jnp.zeros((8, 10)))
 
 
 # --- Test_call_order -----------------------------------------------------------------
@@ -584,7 +590,7 @@ def test_call_all_fns_with_gru_cell():
     gru = ec.call_all_fns(
         nn.GRUCell(5, 10, key=KEY), "init_state", kwargs={"batch_size": 8}
     )
-    assert len(ec.states(gru)) > 0
+    assert ("h",) in ec.states(gru, ec.HiddenState)  # (created by `init_state`)
     assert gru.h.value.shape == (8, 10)
 
 
@@ -630,9 +636,11 @@ def test_vmap_call_all_fns_call_completes_and_runs_body():
         )
     ensemble = _ensemble()
     returned = ec.vmap_call_all_fns(
-        ensemble, "init_state", axis_size=SMALL_BATCH, kwargs={"k": 3}, key=KEY
+        ensemble, "init_state", axis_size=SMALL_BATCH, kwargs={"k": 4}, key=KEY
     )
-    assert type(returned) is EnsembleModule and returned.w is not None
+    assert type(returned) is EnsembleModule
+    assert ensemble.w.value.shape == (SMALL_BATCH, 3)
+    assert returned.w.value.shape == (SMALL_BATCH, 4)  # the body ran in every member
 
 
 def test_vmap_call_all_fns_batched_init_creates_leading_axis():
