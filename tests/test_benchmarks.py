@@ -1,31 +1,35 @@
-"""Smoke test of the benchmark suite: `python benchmarks/run.py --quick` runs every
-benchmark at tiny sizes and prints the table. No timing is asserted."""
+"""Smoke test of the benchmark suite: every area runs at tiny sizes (`--quick`), each
+in its own process as `python benchmarks/run.py --quick` runs them, and every row it
+returns is a measurement: a positive time, and against its anchor a positive ratio that
+is the anchor's time over ours. No timing is asserted."""
 
+import math
 import os
-import subprocess
 import sys
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "benchmarks", "run.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import run  # noqa: E402
 
 
-def test_quick_benchmarks_run_and_print_the_table():
+def _positive(x) -> bool:
+    return isinstance(x, float | int) and math.isfinite(x) and x > 0
+
+
+def test_every_area_runs_and_every_row_is_a_measurement():
     results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
-    before = os.stat(results).st_mtime_ns if os.path.exists(results) else None
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert "| area" in out and "| benchmark" in out, out
-    for area in ("collective", "rollout", "dispatch", "ensemble", "restore"):
-        assert f"| {area}" in out, f"no {area} rows in:\n{out}"
-    assert "Targets" in out, out
-    # --quick prints only: RESULTS.md (the full run's) is left alone.
-    after = os.stat(results).st_mtime_ns if os.path.exists(results) else None
-    assert after == before
+    before = os.stat(results).st_mtime_ns
+    rows = run.collect(quick=True, verbose=False)
+    assert {r["area"] for r in rows} == set(run.AREAS)
+    for r in rows:
+        where = f"{r['area']}: {r['name']}"
+        assert _positive(r["seconds"]), where
+        if r["ref"] is not None and r["ref_seconds"] is not None:
+            assert _positive(r["ratio"]), where
+            assert math.isclose(r["ratio"], r["ref_seconds"] / r["seconds"]), where
+        if r["target"] is not None:
+            text, met = r["target"]
+            assert text and met in (True, False, None), where
+    assert os.stat(results).st_mtime_ns == before  # a quick run writes nothing
