@@ -159,14 +159,14 @@ def _is_inexact(x: Any) -> bool:
     return inexact
 
 
-_PROTOTYPES: dict[type, State] = {}
+_PROTOTYPES = ClassCache()
 
 
 def _view(cls: type[State], value: Any) -> State:
     """A `cls` holding `value`, made without `__init__` (this runs per raw array)."""
-    proto = _PROTOTYPES.get(cls)
+    proto = _PROTOTYPES.get(id(cls))
     if proto is None:
-        proto = _PROTOTYPES[cls] = cls(None)
+        proto = _PROTOTYPES.put(cls, cls(None))
     return rebuild(proto, {"value": value})
 
 
