@@ -5,9 +5,9 @@ import jax
 import pytest
 
 
-# Eight simulated CPU devices for the sharding tests: set before any JAX computation
+# Four simulated CPU devices for the sharding tests: set before any JAX computation
 # (importing eqx_collective starts no backend; `tests/test_init.py` checks it).
-jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

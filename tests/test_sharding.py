@@ -1,5 +1,5 @@
 """Sharding the ensemble axis over several simulated CPU devices (`conftest.py` starts
-JAX with eight: importing the library starts no backend, so the setting holds)."""
+JAX with four: importing the library starts no backend, so the setting holds)."""
 
 import equinox as eqx
 import jax
@@ -11,7 +11,7 @@ import eqx_collective as ec
 
 
 def test_sharding_over_eight_simulated_devices():
-    assert jax.device_count() == 8, jax.devices()
+    assert jax.device_count() == 4, jax.devices()
     key = jax.random.key(0)
     cell = ec.nn.ValinaRNNCell(4, 16, key=key)
     ens = ec.vmap_init_all_states(cell, axis_size=16, key=key)
@@ -20,8 +20,8 @@ def test_sharding_over_eight_simulated_devices():
     sharded = ec.shard_ensemble(ens, mesh)
     w = sharded.W.weight.value["weight"]
     assert w.sharding.spec == jax.sharding.PartitionSpec("ensemble"), w.sharding
-    assert len(w.addressable_shards) == 8
-    assert {s.data.shape for s in w.addressable_shards} == {(2, 20, 16)}
+    assert len(w.addressable_shards) == 4
+    assert {s.data.shape for s in w.addressable_shards} == {(4, 20, 16)}
 
     @eqx.filter_jit
     def step(ens, x):
@@ -33,23 +33,21 @@ def test_sharding_over_eight_simulated_devices():
     y_sharded, new = step(sharded, x)
     y_single, _ = step(ens, x)
     np.testing.assert_allclose(y_sharded, y_single, rtol=1e-6, atol=1e-6)
-    assert len(y_sharded.sharding.device_set) == 8
+    assert len(y_sharded.sharding.device_set) == 4
 
     reset = ec.vmap_reset_all_states(new)
     assert reset.h.value.shape == (16, 16)
 
-    with pytest.raises(
-        ValueError, match="12 members cannot be split evenly over 8 dev"
-    ):
-        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=12, key=key), mesh)
+    with pytest.raises(ValueError, match="6 members cannot be split evenly over 4 dev"):
+        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=6, key=key), mesh)
     # A 2-D mesh: members over one axis, replicated over the other.
     mesh2 = jax.sharding.Mesh(
-        np.array(jax.devices()).reshape(4, 2), ("ensemble", "data")
+        np.array(jax.devices()).reshape(2, 2), ("ensemble", "data")
     )
     w2 = ec.shard_ensemble(ens, mesh2).W.weight.value["weight"]
-    assert {s.data.shape for s in w2.addressable_shards} == {(4, 20, 16)}
-    with pytest.raises(ValueError, match="6 members cannot be split evenly over 4 dev"):
-        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=6, key=key), mesh2)
+    assert {s.data.shape for s in w2.addressable_shards} == {(8, 20, 16)}
+    with pytest.raises(ValueError, match="3 members cannot be split evenly over 2 dev"):
+        ec.shard_ensemble(ec.vmap_init_all_states(cell, axis_size=3, key=key), mesh2)
 
 
 def test_every_ensemble_operation_keeps_the_sharding():
