@@ -124,7 +124,7 @@ def test_save_load_round_trips_bit_exactly(seed, n_layers, ensemble):
     assert leaves(other) != leaves(model)
     result = round_trip(model, other)
     assert isinstance(result, ec.LoadResult)
-    loaded, unexpected, missing = result[:3]
+    loaded, unexpected, missing = result
     assert unexpected == missing == result.converted == []
     assert leaves(loaded) == leaves(model)
     assert jax.tree.structure(loaded) == jax.tree.structure(model)
@@ -174,7 +174,9 @@ def test_saving_overwrites_and_a_filter_saves_a_subset(tmp):
     ec.save_states(file, make_model(5))
     model = make_model(0)
     ec.save_states(file, model, ec.ParamState)
-    loaded, unexpected, missing, converted = ec.load_states(file, make_model(1))
+    result = ec.load_states(file, make_model(1))
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == [] and converted == []
     assert missing == [("h",), ("v",), ("count",), ("flag",)]
     assert leaves(loaded.layers) == leaves(model.layers)
@@ -469,11 +471,56 @@ def raw_file(file, header, data=b"", length=None):
     return file
 
 
-def test_checkpoints_are_paths():
-    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
-        ec.save_states(io.BytesIO(), make_model())
-    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
-        ec.load_states(io.BytesIO(), make_model())
+def test_checkpoints_go_to_paths_and_binary_file_objects(tmp):
+    model, other = make_model(0), make_model(1)
+    buffer = io.BytesIO()
+    ec.save_states(buffer, model)
+    ec.save_states(tmp(), model)
+    assert buffer.getvalue() == tmp().read_bytes()  # the same bytes either way
+    buffer.seek(0)
+    loaded, unexpected, missing = ec.load_states(buffer, other)
+    assert leaves(loaded) == leaves(model) and unexpected == missing == []
+    with open(tmp(), "rb") as f:
+        assert leaves(ec.load_states(f, other).model) == leaves(model)
+    with open(tmp("opened"), "wb") as f:
+        ec.save_states(f, model)
+    assert tmp("opened").read_bytes() == tmp().read_bytes()
+    # a file object is checked like a path, and named in the message
+    bad = io.BytesIO(b"not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="cannot load 'the BytesIO'.*not a valid"):
+        ec.load_states(bad, other)
+    with pytest.raises(TypeError, match="path of the checkpoint.*or a binary file"):
+        ec.save_states(3, model)
+    with pytest.raises(TypeError, match="open for reading, but got list"):
+        ec.load_states([], model)
+
+
+def test_saved_files_get_the_permissions_the_umask_gives(tmp):
+    old = os.umask(0o022)
+    try:
+        ec.save_states(tmp(), make_model())
+        with open(tmp("plain"), "wb"):
+            pass
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp()).st_mode & 0o777
+    assert mode == os.stat(tmp("plain")).st_mode & 0o777 == 0o644
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_nothing_behind(tmp, monkeypatch):
+    ec.save_states(tmp(), make_model(0))
+    before = tmp().read_bytes()
+
+    def crash(specs, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")  # a crash mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("eqx_collective._checkpoint.serialize_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ec.save_states(tmp(), make_model(1))
+    assert tmp().read_bytes() == before
+    assert os.listdir(tmp().parent) == [tmp().name]
 
 
 def test_missing_file_and_directory(tmp):
@@ -596,15 +643,16 @@ def test_invalid_metadata_is_refused(tmp):
         (lambda m: m.update(version=3), "version 3", "upgrade"),
         (lambda m: m.update(version=1), "version 1", "no longer reads"),
         (lambda m: m.update(format="other"), "format"),
-        (lambda m: m.update(states="x"), "'states'"),
-        (lambda m: m["states"][0].update(shared="yes"), "invalid state record"),
-        (lambda m: m["states"][0].update(extra=1), "invalid state record"),
-        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}), "'dim'"),
-        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "'name'"),
-        (set_(["h"], dtype="object"), "unknown dtype 'object'"),
+        (lambda m: m.update(states="x"), "states is not a list"),
+        (lambda m: m["states"][0].update(shared="yes"), "states[0].shared is not"),
+        (lambda m: m["states"][0].update(extra=1), "unknown fields ['extra']"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}), "unit.dim"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "unit.name"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "factor": 0}), "unit.factor"),
+        (set_(["h"], dtype="object"), "dtype is 'object'"),
         (set_(["h"], dtype="int32"), "'h' is stored as F32", "int32"),
         (set_(["h"], dtype="key"), "'key_impl'"),
-        (set_(["h"], python="eval"), "'python'"),
+        (set_(["h"], python="eval"), "python is 'eval'"),
         (set_(["h"], code="1"), "unknown fields ['code']"),
         (
             lambda m: m["states"][0]["leaves"].append(m["states"][0]["leaves"][0]),
@@ -655,7 +703,9 @@ def test_a_file_of_another_model(tmp):
     refused(tmp(), holder(jnp.zeros(1)), "none of its", "another model")
     # some keys in common: a partial load, reported
     fewer = make_model(1, n_layers=1)
-    loaded, unexpected, missing, converted = ec.load_states(tmp(), fewer)
+    result = ec.load_states(tmp(), fewer)
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == [
         ("layers", 1, "weight", "bias"),
         ("layers", 1, "weight", "weight"),
@@ -708,7 +758,9 @@ SHARDED = textwrap.dedent(
         path = os.path.join(d, "ckpt")
         ec.save_sharded(path, saved)
         ec.save_sharded(path, saved)  # overwrites
-        loaded, unexpected, missing, converted = ec.load_sharded(path, target)
+        result = ec.load_sharded(path, target)
+        loaded, unexpected, missing = result
+        converted = result.converted
         assert unexpected == missing == converted == [], (unexpected, missing)
         pairs = zip(jax.tree.leaves(loaded), jax.tree.leaves(saved), strict=True)
         for a, b in pairs:
@@ -787,7 +839,9 @@ BATCHNORM_LOAD = textwrap.dedent(
         return (mlp, bn), state
 
     fresh = make()
-    loaded, unexpected, missing, converted = ec.load_states(sys.argv[1], fresh, strict=True)
+    result = ec.load_states(sys.argv[1], fresh, strict=True)
+    loaded, unexpected, missing = result
+    converted = result.converted
     saved = np.load(sys.argv[2])
     leaves = ec.leaf_values(loaded)
     assert sorted(map(ec.path_str, leaves)) == sorted(saved.files), saved.files
@@ -851,7 +905,9 @@ def test_mixed_trees_round_trip_through_files(pair, seed):
         ),
         pair,
     )
-    loaded, unexpected, missing, converted = round_trip(other, pair, strict=True)
+    result = round_trip(other, pair, strict=True)
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == missing == converted == []
     saved, back = ec.leaf_values(other), ec.leaf_values(loaded)
     assert saved.keys() == back.keys() == ec.leaf_values(pair).keys()
