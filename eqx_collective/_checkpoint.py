@@ -360,7 +360,8 @@ class _Reader:
             _check_code(entry, stored.get_dtype())
             if fmt.is_plain(entry):
                 shape = tuple(stored.get_shape())
-                value = Lazy(shape, fmt.storage_dtype(entry), _read(self, entry))
+                read = functools.partial(self.tensor, entry)
+                value = Lazy(shape, fmt.storage_dtype(entry), read)
             else:
                 stored = fmt.from_stored(self.tensor(entry), entry)
                 value = fmt.finish_leaf(stored, entry)
@@ -381,10 +382,6 @@ def _check_code(entry: dict, code: str) -> None:
 def _code(dtype: np.dtype) -> str:
     """safetensors' dtype code for `dtype`, as its own writer records it."""
     return deserialize(safetensors.numpy.save({"x": np.zeros(0, dtype)}))[0][1]["dtype"]
-
-
-def _read(reader: _Reader, entry: dict) -> Callable[[], np.ndarray]:
-    return lambda: reader.tensor(entry)
 
 
 def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
@@ -514,8 +511,8 @@ def _check_records(name, op, records: dict, index: PlaceIndex, places: dict) -> 
             continue
         seen.add((id(record), where[0]))
         state_path, state = index.found[where[0]]
-        ensemble = list(getattr(state, "ensemble_shape", ()))
-        if record["shared"] != is_shared(state):
+        ensemble = list(field(state, "ensemble_shape", ()))
+        if record["shared"] != (field(state, "shared") or is_shared(state)):
             saved = "shared" if record["shared"] else "batched"
             other = "batched" if record["shared"] else "shared"
             wrong[state_path] = f"saved {saved}, {other} in the model"

@@ -343,6 +343,43 @@ STORED = Each({"shape": lambda s: type(s) is list and all(map(_size, s)), "dtype
 def check(value: Any, schema: Any, where: str = "") -> None:
     """`BadFile` naming the first place (`states[0].shared`) where `value` (parsed
     JSON) breaks `schema`."""
+    if not _valid(value, schema):  # (a quick answer first: no message built)
+        _locate(value, schema, where)
+
+
+def _valid(value: Any, schema: Any) -> bool:
+    kind = type(schema)
+    if kind is dict:
+        if type(value) is not dict:
+            return False
+        for key in value:
+            if key not in schema and key + "?" not in schema:
+                return False
+        for key, sub in schema.items():
+            if key[-1] == "?":
+                key = key[:-1]
+                if key not in value:
+                    continue
+            elif key not in value:
+                return False
+            if not _valid(value[key], sub):
+                return False
+        return True
+    if kind is list:
+        sub = schema[0]
+        return type(value) is list and all(_valid(x, sub) for x in value)
+    if kind is Each:
+        sub = schema.schema
+        return type(value) is dict and all(_valid(x, sub) for x in value.values())
+    if kind is frozenset:
+        return type(value) is str and value in schema
+    if kind is type:
+        return type(value) is schema
+    return bool(schema(value))
+
+
+def _locate(value: Any, schema: Any, where: str) -> None:
+    """`check`'s message: the first place where `value` breaks `schema`."""
     if type(schema) is dict:
         _expect_at(type(value) is dict, where, "is not a JSON object")
         unknown = sorted(k for k in value if k not in schema and k + "?" not in schema)
@@ -350,17 +387,17 @@ def check(value: Any, schema: Any, where: str = "") -> None:
         for key, sub in schema.items():
             name = key.rstrip("?")
             if name in value:
-                check(value[name], sub, f"{where}.{name}" if where else name)
+                _locate(value[name], sub, f"{where}.{name}" if where else name)
             else:
                 _expect_at(key[-1] == "?", where, f"has no {name!r}")
     elif type(schema) is list:
         _expect_at(type(value) is list, where, "is not a list")
         for i, item in enumerate(value):
-            check(item, schema[0], f"{where}[{i}]")
+            _locate(item, schema[0], f"{where}[{i}]")
     elif type(schema) is Each:
         _expect_at(type(value) is dict, where, "is not a JSON object")
         for key, item in value.items():
-            check(item, schema.schema, f"{where}[{key!r}]")
+            _locate(item, schema.schema, f"{where}[{key!r}]")
     elif type(schema) is frozenset:
         ok = type(value) is str and value in schema
         _expect_at(ok, where, f"is {value!r}, which is not one of {sorted(schema)}")
@@ -373,12 +410,6 @@ def check(value: Any, schema: Any, where: str = "") -> None:
 def _expect_at(cond: bool, where: str, problem: str) -> None:
     if not cond:
         raise BadFile(f"its metadata is invalid: {where or 'it'} {problem}")
-
-
-def _leaf_ok(e: Any) -> bool:  # the schema's common case, checked at once for speed
-    return type(e) is dict and len(e) == 2 and type(e.get("name")) is str and (
-        e.get("dtype") in _NATIVE
-    )
 
 
 def loads(text: Any) -> list[tuple[dict, dict]]:
@@ -406,16 +437,9 @@ def entries(metadata: Any) -> list[tuple[dict, dict]]:
             f"it was written in format version {version}, which this version of "
             f"`eqx_collective` no longer reads (it reads version {VERSION})"
         )
-    records = metadata.get("states") if type(metadata) is dict else None
-    if type(records) is list and all(
-        type(r) is dict and type(r.get("leaves")) is list and all(map(_leaf_ok, r["leaves"]))
-        for r in records
-    ):  # only the leaves are known to be plain: check the rest
-        check({**metadata, "states": [{**r, "leaves": []} for r in records]}, SCHEMA)
-    else:
-        check(metadata, SCHEMA)
+    check(metadata, SCHEMA)
     out, names = [], set()
-    for record in records:  # (checked above)
+    for record in metadata["states"]:
         path = tuple(record["path"])
         for e in record["leaves"]:
             expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
