@@ -25,8 +25,8 @@ from helpers import run_on_devices
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
-from eqx_collective import _checkpoint_format as fmt
-from eqx_collective.testing import stateful_pairs
+from eqx_collective import _checkpoint_format as fmt, nn
+from eqx_collective.testing import module_trees, stateful_pairs
 
 
 class Linear(eqx.Module):
@@ -916,3 +916,147 @@ def test_mixed_trees_round_trip_through_files(pair, seed):
         b = back[path].mantissa if isinstance(back[path], u.Quantity) else back[path]
         assert np.array_equal(np.asarray(a), np.asarray(b)), path
         assert np.asarray(a).dtype == np.asarray(b).dtype, path
+
+
+# -------------------------------------------------- as users use them (issue 23)
+
+
+@settings(max_examples=20)
+@given(module_trees(), st.booleans())
+def test_round_trips_through_file_objects_and_paths(tree, in_memory):
+    model = ec.init_all_states(tree, key=jax.random.key(0))
+    if not ec.leaf_values(model):  # nothing to save
+        return
+    other = jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, model)
+    if in_memory:
+        buffer = io.BytesIO()
+        ec.save_states(buffer, model)
+        buffer.seek(0)
+        result = ec.load_states(buffer, other, strict=True)
+    else:
+        result = round_trip(model, other, strict=True)
+    loaded, unexpected, missing = result
+    assert unexpected == missing == result.converted == []
+    assert leaves(loaded) == leaves(model)
+
+
+def test_load_and_assign_return_one_shape(tmp):
+    model = holder({"h": jnp.zeros(3, jnp.float32), "v": jnp.zeros(2) * u.mV})
+    given = {"h": jnp.ones(3, jnp.float16), "v": jnp.ones(2) * u.volt}
+    ec.save_states(tmp(), holder(given))
+    by_file = ec.load_states(tmp(), model)
+    by_dict = ec.assign_state_values(model, {"s": given})
+    for result in (by_file, by_dict):
+        assert len(result) == 3 and isinstance(result, ec.AssignResult)
+        loaded, unexpected, missing = result  # both unpack to three
+        assert result.converted == [("s", "h"), ("s", "v")]  # and name `converted`
+        assert "converted=[('s', 'h'), ('s', 'v')]" in repr(result)
+        assert np.allclose(loaded.s.value["v"].mantissa, 1000.0)
+        back = pickle.loads(pickle.dumps(result._replace(model=None)))
+        assert back.converted == result.converted and back.model is None
+    assert isinstance(by_file, ec.LoadResult)
+    assert ec.assign_state_values(model, {"s.h": jnp.ones(3)}).converted == []
+
+
+def test_a_state_the_model_has_not_created_is_refused_naming_init_all_states(tmp):
+    key = jax.random.key(0)
+    trained = ec.init_all_states(
+        nn.Sequential(nn.Linear(2, 3, key=key), nn.GRUCell(3, 4, key=key)),
+        batch_size=2,
+    )
+    ec.save_states(tmp(), trained)
+    fresh = nn.Sequential(nn.Linear(2, 3, key=key), nn.GRUCell(3, 4, key=key))
+    assert fresh.layers[1].h is None
+    for strict in (False, True):
+        message = refused(tmp(), fresh, "'layers.1.h'", "init_all_states", strict=strict)
+        assert message.count("'layers.1.h'") == 1
+    # created first, it loads; or the hidden state is left out on purpose
+    ready = ec.init_all_states(fresh, batch_size=2)
+    assert leaves(ec.load_states(tmp(), ready).model) == leaves(trained)
+    skip = ec.load_states(tmp(), fresh, rename=lambda p: None if p[-1] == "h" else p)
+    assert skip.unexpected == [] and skip.model.layers[1].h is None
+
+
+def test_load_errors_name_load_states_once_and_whole(tmp):
+    ec.save_states(tmp(), make_model(0, n_layers=2))
+    message = refused(tmp(), make_model(1, n_layers=1), strict=True)
+    first = message.splitlines()[0]
+    assert first.startswith("`load_states(..., strict=True)` found in ")
+    assert "assign_state_values" not in message
+    assert message.count(first) == 1
+    wider = eqx.tree_at(lambda m: m.h, make_model(0), ec.HiddenState(jnp.zeros(5)))
+    message = refused(tmp(), wider)
+    assert message.startswith("`load_states` refused 1 value(s) in ")
+    assert "assign_state_values" not in message
+    assert len(set(message.splitlines())) == len(message.splitlines())
+
+
+def test_an_abstract_template_loads_without_initialising_the_model(tmp):
+    model = make_model(0, n_layers=3)
+    ec.save_states(tmp(), model)
+    template = eqx.filter_eval_shape(make_model, 1, 3)
+    assert isinstance(template.h.value, jax.ShapeDtypeStruct)
+    result = ec.load_states(tmp(), template, strict=True)
+    assert result.unexpected == result.missing == result.converted == []
+    assert leaves(result.model) == leaves(model)
+    assert isinstance(result.model.h.value, jax.Array)
+
+
+def test_an_optax_run_resumes_exactly(tmp):
+    import optax
+
+    optimiser = optax.adam(1e-2)
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+
+    @eqx.filter_jit
+    def step(mlp, opt_state):
+        grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(mlp)
+        updates, opt_state = optimiser.update(grads, opt_state, mlp)
+        return eqx.apply_updates(mlp, updates), opt_state
+
+    def fresh(seed):
+        mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(seed))
+        return mlp, optimiser.init(eqx.filter(mlp, eqx.is_array))
+
+    with jax.numpy_dtype_promotion("standard"):  # (optax's Adam needs it)
+        run = fresh(0)
+        for _ in range(3):
+            run = step(*run)
+        ec.save_states(tmp(), run)
+        resumed = ec.load_states(tmp(), fresh(1), strict=True).model
+        for _ in range(3):
+            run, resumed = step(*run), step(*resumed)
+    assert leaves(resumed) == leaves(run)
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        u.metre,  # base
+        u.siemens,  # derived
+        u.mV,  # scaled
+        u.mV / u.ms,  # compound
+        u.uS / u.cm**2,
+        u.meter**2 * u.kilogram / u.ampere,  # compound without a name
+        u.Unit(scale=3),  # dimensionless with a scale
+        u.mV / u.volt,
+        u.hour,  # a factor
+        u.meter**0.5,
+        u.UNITLESS,
+    ],
+    ids=str,
+)
+def test_units_round_trip_through_public_brainunit(tmp, unit):
+    model = holder(jnp.arange(3.0) * unit)
+    ec.save_states(tmp(), model)
+    loaded = ec.load_states(tmp(), holder(jnp.zeros(3) * unit)).model.s.value
+    assert str(loaded.unit) == str(unit) and loaded.unit == unit
+    assert (loaded.unit.dim, loaded.unit.scale, loaded.unit.factor) == (
+        unit.dim,
+        unit.scale,
+        unit.factor,
+    )
+    assert np.array_equal(loaded.mantissa, model.s.value.mantissa)
+    with safetensors.safe_open(tmp(), framework="np") as f:
+        (record,) = json.loads(f.metadata()["eqx_collective"])["states"][1]["leaves"]
+    assert record["unit"].keys() == {"repr", "dim", "scale", "factor"}
