@@ -586,9 +586,8 @@ def _converted(old: Any, new: Any) -> bool:
 def _is_state_object(x: Any) -> bool:
     """Whether `x` is a state object (ours, or brainstate's: a class named `State`
     with a `value`) rather than a value."""
-    cls = type(x)
     return is_state(x) or (
-        hasattr(cls, "value") and any(c.__name__ == "State" for c in cls.__mro__)
+        any(c.__name__ == "State" for c in type(x).__mro__) and hasattr(x, "value")
     )
 
 
