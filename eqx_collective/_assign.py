@@ -638,7 +638,7 @@ class _Host:
         return np.asarray(value, dtype=self.dtype)
 
 
-_CHUNK = 16 * 2**20  # bytes of host copies moved to the device at once
+_CHUNK = 4 * 2**20  # bytes of host copies moved to the device at once
 
 
 def _to_devices(hosts: list[_Host]) -> None:

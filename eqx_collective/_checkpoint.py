@@ -297,7 +297,7 @@ class _Reader:
     closed after every `_WINDOW` bytes read (and reopened, checked to be the same
     file): loading holds the model, one window of pages and one chunk of copies."""
 
-    _WINDOW = 16 * 2**20
+    _WINDOW = 4 * 2**20
 
     def __init__(self, path: Any):
         self.path, self.f, self.since_open = path, None, 0
