@@ -91,7 +91,10 @@ def _timed_rows(quick: bool) -> list[dict]:
                 "floor: safetensors read + one device_put",
                 ref_load,
                 f"{load / ref_load:.2f}x of the floor",
-                (f"checkpoint load ({what}): <= {limit:g}x the floor", load <= limit * ref_load),
+                (
+                    f"checkpoint load ({what}): <= {limit:g}x the floor",
+                    load <= limit * ref_load,
+                ),
             )
         )
         if k == 0:

@@ -94,7 +94,7 @@ class AssignResult(_Fields):
     def __getnewargs__(self):  # (pickle and copy keep `converted`)
         return (*self, self.converted)
 
-    def _replace(self, **changes):
+    def _replace(self, **changes):  # pyright: ignore[reportIncompatibleMethodOverride]
         converted = changes.pop("converted", self.converted)
         return type(self)(*super()._replace(**changes), converted)
 

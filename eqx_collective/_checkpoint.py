@@ -7,12 +7,12 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast, TypeGuard
 
 import equinox as eqx
 import numpy as np
-from jaxtyping import PyTree
 import safetensors.numpy
+from jaxtyping import PyTree
 from safetensors import (
     deserialize,
     safe_open,
@@ -72,7 +72,7 @@ def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Save
     return saved
 
 
-def is_path(file: Any, op: str, *, write: bool = False) -> bool:
+def is_path(file: Any, op: str, *, write: bool = False) -> TypeGuard[str | os.PathLike]:
     """Whether `file` is a path (else a binary file object); a `TypeError` if it is
     neither."""
     if isinstance(file, (str, os.PathLike)):
@@ -149,7 +149,7 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         model, unexpected, missing = ec.load_states("model.safetensors", model)
         ```
     """
-    path = is_path(file, "save_states", write=True)
+    path = bool(is_path(file, "save_states", write=True))
     saved = collect_states(model, filters, "save_states")
     specs = {
         name: TensorSpec(
@@ -162,9 +162,9 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
     }
     metadata = {fmt.METADATA_KEY: fmt.dumps(saved.metadata)}
     if not path:  # `saved` keeps the data alive while it is written
-        file.write(serialize(specs, metadata=metadata))  # pyright: ignore
+        cast(BinaryIO, file).write(serialize(specs, metadata=metadata))
         return
-    target = os.fspath(file)
+    target = os.fspath(cast(str | os.PathLike, file))
     directory, base = os.path.split(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -257,7 +257,8 @@ def load_states(
         _check_exists(file, name)
         return _load(file, name, model, strict, rename)
     with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
-        shutil.copyfileobj(file, tmp)  # (safetensors reads files by name only)
+        # (safetensors reads files by name only)
+        shutil.copyfileobj(cast(BinaryIO, file), tmp)
         tmp.flush()
         name = repr(getattr(file, "name", None) or f"the {type(file).__name__}")
         return _load(tmp.name, name, model, strict, rename)

@@ -19,6 +19,7 @@ from typing import Any, cast, NamedTuple
 import brainunit as u
 import jax
 import jax.core
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -98,10 +99,14 @@ def path_of_name(name: str) -> Path:
         except (ValueError, RecursionError):
             path = None
         expect(_is_path(path), f"the tensor name {name!r} is not a valid path")
-        expect(tensor_name(tuple(path)) == name, f"the tensor name {name!r} is not canonical")
-        return tuple(path)
+        path = tuple(cast(list, path))
+        expect(tensor_name(path) == name, f"the tensor name {name!r} is not canonical")
+        return path
     path = tuple(map(_dotted_entry, name.split(".")))  # canonical by construction
-    expect(None not in path and name != _RESERVED, f"the tensor name {name!r} is not canonical")
+    expect(
+        None not in path and name != _RESERVED,
+        f"the tensor name {name!r} is not canonical",
+    )
     return cast(Path, path)
 
 
@@ -160,7 +165,7 @@ def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
             f"arrays to disk, so call it outside `jax.jit` / `eqx.filter_jit`."
         )
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
         impl = str(jax.random.key_impl(leaf))
         if impl not in _KEY_IMPLS:
             raise ValueError(
@@ -331,8 +336,9 @@ SCHEMA = {
             "type": str,
             "tag": _tag,
             "shared": bool,
-            "ensemble_shape": lambda s: type(s) is list
-            and all(_size(n) and n > 0 for n in s),
+            "ensemble_shape": lambda s: (
+                type(s) is list and all(_size(n) and n > 0 for n in s)
+            ),
             "leaves": [_LEAF],
         }
     ],

@@ -170,7 +170,8 @@ def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], dict[str, dict]]:
     )
     for e, _ in entries:
         fmt.expect(
-            stored[e["name"]]["dtype"] == ("uint32" if e["dtype"] == "key" else e["dtype"]),
+            stored[e["name"]]["dtype"]
+            == ("uint32" if e["dtype"] == "key" else e["dtype"]),
             f"the tensor {e['name']!r} is stored as {stored[e['name']]['dtype']}, but "
             f"its metadata says {e['dtype']}",
         )

@@ -680,7 +680,9 @@ def test_a_state_object_given_for_its_value_is_named_as_such():
         assert f"at {where}: got a `{name}" in message, message
         assert "pass its `.value`" in message and "with leaves" not in message
     # what it holds goes in
-    fixed = ec.assign_state_values(model, {"layers.0.weight": ours.value, "h": theirs.value})
+    fixed = ec.assign_state_values(
+        model, {"layers.0.weight": ours.value, "h": theirs.value}
+    )
     assert fixed.unexpected == [] and fixed.converted == []
 
 
@@ -688,7 +690,11 @@ def test_converted_lists_the_leaves_assigned_with_a_cast_or_a_unit_conversion():
     model = make_model()
     result = ec.assign_state_values(
         model,
-        {"layers.0.weight.bias": np.zeros(model.layers[0].weight.value["bias"].shape, np.float16)},
+        {
+            "layers.0.weight.bias": np.zeros(
+                model.layers[0].weight.value["bias"].shape, np.float16
+            )
+        },
         {"layers.1.weight.bias": jnp.zeros_like(model.layers[1].weight.value["bias"])},
     )
     assert result.converted == [("layers", 0, "weight", "bias")]

@@ -646,7 +646,10 @@ def test_invalid_metadata_is_refused(tmp):
         (lambda m: m.update(states="x"), "states is not a list"),
         (lambda m: m["states"][0].update(shared="yes"), "states[0].shared is not"),
         (lambda m: m["states"][0].update(extra=1), "unknown fields ['extra']"),
-        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}), "unit.dim"),
+        (
+            set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}),
+            "unit.dim",
+        ),
         (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "unit.name"),
         (set_(["v"], unit={**leaf(good, ["v"])["unit"], "factor": 0}), "unit.factor"),
         (set_(["h"], dtype="object"), "dtype is 'object'"),
@@ -968,7 +971,9 @@ def test_a_state_the_model_has_not_created_is_refused_naming_init_all_states(tmp
     fresh = nn.Sequential(nn.Linear(2, 3, key=key), nn.GRUCell(3, 4, key=key))
     assert fresh.layers[1].h is None
     for strict in (False, True):
-        message = refused(tmp(), fresh, "'layers.1.h'", "init_all_states", strict=strict)
+        message = refused(
+            tmp(), fresh, "'layers.1.h'", "init_all_states", strict=strict
+        )
         assert message.count("'layers.1.h'") == 1
     # created first, it loads; or the hidden state is left out on purpose
     ready = ec.init_all_states(fresh, batch_size=2)
