@@ -25,7 +25,7 @@ import numpy as np
 
 from ._fields import field
 from ._paths import iter_value_leaves, Path, path_repr
-from ._state import is_shared, State
+from ._state import NonBatchState, State
 
 
 FORMAT = "eqx_collective.states"
@@ -165,7 +165,7 @@ def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
             f"arrays to disk, so call it outside `jax.jit` / `eqx.filter_jit`."
         )
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and _is_key(dtype):
         impl = str(jax.random.key_impl(leaf))
         if impl not in _KEY_IMPLS:
             raise ValueError(
@@ -192,7 +192,12 @@ def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
         array = array.copy(order="C")
     if name == "complex128":
         return array[..., None].view(np.float64), entry
-    return array.view(_STORED_AS[name]), entry
+    return (array if name in _NATIVE else array.view(_STORED_AS[name])), entry
+
+
+@functools.lru_cache(maxsize=256)
+def _is_key(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jax.dtypes.prng_key))  # (slow: once per dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -504,7 +509,9 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
                 "path": list(normal_path(path)),
                 "type": type(state).__name__,
                 "tag": field(state, "tag"),
-                "shared": bool(field(state, "shared") or is_shared(state)),
+                "shared": bool(
+                    field(state, "shared") or isinstance(state, NonBatchState)
+                ),
                 "ensemble_shape": list(field(state, "ensemble_shape")),
                 "leaves": leaves,
             }
