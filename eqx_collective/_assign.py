@@ -7,6 +7,7 @@ states back.
 """
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ from ._paths import (
     as_path,
     flatten_value,
     is_concrete_array,
+    is_state,
     is_value_leaf,
     keypath_to_path,
     Path,
@@ -39,11 +41,18 @@ _MAX_LISTED = 20
 _UNSET = object()
 
 
-class AssignResult(NamedTuple):
-    """What [`eqx_collective.assign_state_values`][] returns
-    ([`eqx_collective.load_states`][] returns a `LoadResult`, which also lists the
-    converted keys). A named tuple, so `model, unexpected, missing =
-    assign_state_values(...)` works.
+class _Fields(NamedTuple):
+    model: PyTree
+    unexpected: list
+    missing: list
+
+
+class AssignResult(_Fields):
+    """What [`eqx_collective.assign_state_values`][] returns: a named tuple `(model,
+    unexpected, missing)`, so `model, unexpected, missing = assign_state_values(...)`
+    works, with one more field by name, `converted`, which is not part of the tuple.
+    [`eqx_collective.load_states`][] returns the same shape (its
+    [`eqx_collective.LoadResult`][] is a subclass).
 
     **Fields:**
 
@@ -56,19 +65,38 @@ class AssignResult(NamedTuple):
         (`('layers', 0, 'weight')`); a structured state that was only partly covered
         reports its uncovered *leaf-level* paths (`('layers', 0, 'weight', 'bias')`).
         (For an array- or `Quantity`-valued state the two coincide.)
+    - `converted` (by name only): the leaf-level tuple paths of the values that were
+        converted to fit the model, in the model's order: a safe dtype cast
+        (`float16` into a `float32` state), a unit conversion (`volt` into a `mV`
+        state), or a Python scalar made an array.
 
     !!! Example
 
         ```python
         result = ec.assign_state_values(model, {"layers.0.weight.bias": jnp.zeros(8)})
         result.missing  # [('layers', 0, 'weight', 'weight'), ('layers', 2, 'weight')]
-        model = result.model
+        model, unexpected, missing = result
         ```
     """
 
-    model: PyTree
-    unexpected: list[Path | str]
-    missing: list[Path]
+    # A tuple subclass without `__slots__` has a `__dict__`: `converted` lives there,
+    # so that iterating and unpacking give the three fields only.
+    converted: list[Path]
+
+    def __new__(cls, model, unexpected, missing, converted=()):
+        self = super().__new__(cls, model, unexpected, missing)
+        self.converted = list(converted)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, converted={self.converted!r})"
+
+    def __getnewargs__(self):  # (pickle and copy keep `converted`)
+        return (*self, self.converted)
+
+    def _replace(self, **changes):  # pyright: ignore[reportIncompatibleMethodOverride]
+        converted = changes.pop("converted", self.converted)
+        return type(self)(*super()._replace(**changes), converted)
 
 
 class _Mismatch(Exception):
@@ -243,7 +271,7 @@ def _convert_array(expected: Any, given: Any) -> Any:
     if tuple(g_shape) != tuple(e_shape):
         raise _Mismatch(describe(expected))
     if g_dtype == e_dtype:
-        return given if isinstance(given, jax.Array) else _Host(np.asarray(given))
+        return given if isinstance(given, jax.Array) else _Host(given)
     if _is_key(g_dtype) or _is_key(e_dtype):  # typed PRNG keys: same impl only
         raise _Mismatch(
             f"{describe(expected)} (turn raw key data into keys with "
@@ -253,7 +281,7 @@ def _convert_array(expected: Any, given: Any) -> Any:
         raise _Mismatch(f"{describe(expected)} (or a dtype that casts to it safely)")
     if isinstance(given, jax.Array):
         return jnp.asarray(given, dtype=e_dtype)
-    return _Host(np.asarray(given, dtype=e_dtype))
+    return _Host(given, np.dtype(e_dtype))
 
 
 def _is_key(dtype: Any) -> bool:
@@ -271,7 +299,7 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
         if is_concrete_array(given) and given.aval == aval:
             return given
         if (
-            kind is np.ndarray
+            (kind is np.ndarray or kind is Lazy)
             and given.dtype == aval.dtype
             and given.shape == aval.shape
         ):
@@ -430,29 +458,36 @@ def assign_state_values(
 
 
 def assign(
-    target: PyTree, index: PlaceIndex, state_dicts: tuple, strict: bool
+    target: PyTree,
+    index: PlaceIndex,
+    state_dicts: tuple,
+    strict: bool,
+    op: str = "assign_state_values",
+    source: str = "",
 ) -> AssignResult:
     """`assign_state_values` with `target`'s `index` (`PlaceIndex(iter_states(target))`)
-    built, which `load_states` shares."""
+    built, which `load_states` shares; messages name `op` and the file `source`."""
+    where = f" in {source}" if source else ""
     plans, unexpected = _match_keys(index, state_dicts)
-    values, missing, errors, hosts = {}, [], [], []
+    values, missing, errors, hosts, converted = {}, [], [], [], []
     for i, (path, _) in enumerate(index.found):
         plan = plans.get(i)
         if plan is None:
             missing.append(path)
         else:
-            values[i] = _new_value(index, i, plan, missing, errors, hosts)
+            values[i] = _new_value(index, i, plan, (missing, errors, hosts, converted))
     if errors:
         raise ValueError(
-            f"`assign_state_values` refused {len(errors)} value(s), so nothing was "
-            f"assigned:\n"
+            f"`{op}` refused {len(errors)} value(s){where}"
+            + (" (is it the file of another model?)" if source else "")
+            + ", so nothing was assigned:\n"
             + "\n".join(f"  - {e}" for e in errors[:_MAX_LISTED])
             + (f"\n  ... and {len(errors) - _MAX_LISTED} more." if errors[20:] else "")
             + "\nGive each value the structure, shape, dtype (or one that casts to it "
             "safely) and unit of the state it replaces."
         )
     if strict and (unexpected or missing):
-        _refuse_mismatched_keys(unexpected, missing)
+        _refuse_mismatched_keys(op, where, unexpected, missing)
     _to_devices(hosts)
     updates = {}
     for i, (treedef, leaves) in values.items():
@@ -460,7 +495,7 @@ def assign(
         value = leaves if treedef is None else jtu.tree_unflatten(treedef, leaves)
         updates[path] = _placed(state, value)
     model = map_states(lambda p, s: updates.get(p, s), target) if updates else target
-    return AssignResult(model, unexpected, missing)
+    return AssignResult(model, unexpected, missing, converted)
 
 
 def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
@@ -482,12 +517,13 @@ def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
 
 
 def _new_value(
-    index: PlaceIndex, i: int, plan: list, missing: list, errors: list, hosts: list
+    index: PlaceIndex, i: int, plan: list, report: tuple[list, list, list, list]
 ) -> tuple[Any, Any]:
     """The new value of state `i` from the values its keys give, each leaf checked, as
-    `(None, value)` or `(treedef, leaves)`; records the leaves left unassigned in
-    `missing`, what was refused in `errors`, and the values to move to the device in
-    `hosts`."""
+    `(None, value)` or `(treedef, leaves)`; records in `report` the leaves left
+    unassigned (`missing`), what was refused (`errors`), the values to move to the
+    device (`hosts`) and the leaves converted (`converted`)."""
+    missing, errors, hosts, converted = report
     path, state = index.found[i]
     if len(plan) == 1 and not plan[0][0]:
         value = plan[0][2]
@@ -496,6 +532,7 @@ def _new_value(
             return None, (dict(value) if type(value) is dict else value)
     slot = index.slot(i)
     new: list[Any] = [_UNSET] * len(slot.leaves)
+    changed: dict[int, bool] = {}  # (the last value given for a leaf counts)
     for sub, j, value in plan:
         if j is not None and (
             is_concrete_array(value) or type(value) in _ONE_LEAF
@@ -506,16 +543,24 @@ def _new_value(
             given, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
             if not _fits(slot, sub, targets, value, treedef):
                 expected = [slot.subpaths[t] for t in targets]
-                errors.append(_structure_error(path + sub, sub, expected, value))
+                errors.append(
+                    _state_given(path + sub, value)
+                    or _structure_error(path + sub, sub, expected, value)
+                )
                 continue
         for t, leaf in zip(targets, given, strict=True):
             try:
                 new[t] = _convert_leaf(slot.leaves[t], leaf)
             except _Mismatch as e:
+                where = path + slot.subpaths[t]
                 errors.append(
-                    f"at {path_repr(path + slot.subpaths[t])}: expected {e.args[0]}, "
-                    f"but got {describe(leaf)}."
+                    _state_given(where, leaf)
+                    or f"at {path_repr(where)}: expected {e.args[0]}, but got "
+                    f"{describe(leaf)}."
                 )
+                continue
+            changed[t] = _converted(slot.leaves[t], leaf)
+    converted += [path + slot.subpaths[t] for t in sorted(changed) if changed[t]]
     for t, x in enumerate(new):
         if x is _UNSET:
             missing.append(path + slot.subpaths[t])
@@ -525,38 +570,104 @@ def _new_value(
     return slot.treedef, new
 
 
-class _Host:
-    """A checked NumPy value, to be moved to the device in `_to_devices` with all the
-    others of the restore, and stored at `leaves[t]` (with `unit`, if any)."""
+def _converted(old: Any, new: Any) -> bool:
+    """Whether assigning `new` in place of `old` converts it (dtype, unit, kind)."""
+    if isinstance(old, u.Quantity) or isinstance(new, u.Quantity):
+        if not (isinstance(old, u.Quantity) and isinstance(new, u.Quantity)):
+            return True
+        if old.unit != new.unit:
+            return True
+        old, new = old.mantissa, new.mantissa
+    if type(new) in _SCALAR_KINDS:
+        return type(old) is not type(new)
+    return getattr(old, "dtype", None) != getattr(new, "dtype", None)
 
-    __slots__ = ("array", "unit", "leaves", "t", "old")
+
+def _is_state_object(x: Any) -> bool:
+    """Whether `x` is a state object (ours, or brainstate's: a class named `State`
+    with a `value`) rather than a value."""
+    return is_state(x) or (
+        any(c.__name__ == "State" for c in type(x).__mro__) and hasattr(x, "value")
+    )
+
+
+def _state_given(where: Path, value: Any) -> str | None:
+    """The message for a state object given where its value belongs, if `value` is or
+    holds one."""
+    found = [x for x in jtu.tree_leaves(value, is_leaf=_is_state_object)]
+    state = next((x for x in found if _is_state_object(x)), None)
+    if state is None:
+        return None
+    return (
+        f"at {path_repr(where)}: got a `{type(state).__name__}` object where its value "
+        f"belongs; pass its `.value` (`ec.state_values(model)` makes a snapshot of "
+        f"values)."
+    )
+
+
+class Lazy:
+    """A leaf read from a file only when it goes to the device: its `shape` and `dtype`
+    are known (and checked) before, `read()` gives the NumPy array. `load_states`
+    gives these for plain arrays, so that a restore holds one chunk of host copies at
+    a time (see `_to_devices`)."""
+
+    __slots__ = ("shape", "dtype", "nbytes", "read")
+
+    def __init__(self, shape: tuple, dtype: np.dtype, read: Any):
+        self.shape, self.dtype, self.read = shape, dtype, read
+        self.nbytes = math.prod(shape) * dtype.itemsize
+
+
+class _Host:
+    """A checked host value (a NumPy array or a `Lazy`), to be moved to the device in
+    `_to_devices` with the others of the restore (cast to `dtype` if given) and stored
+    at `leaves[t]` (with `unit`, if any)."""
+
+    __slots__ = ("value", "dtype", "unit", "leaves", "t", "old")
     unit: u.Unit | None
 
-    def __init__(self, array: np.ndarray):
-        self.array, self.unit = array, None
+    def __init__(self, value: Any, dtype: np.dtype | None = None):
+        self.value, self.dtype, self.unit = value, dtype, None
 
     def to(self, leaves: list, t: int, old: Any) -> "_Host":
         self.leaves, self.t, self.old = leaves, t, old
         return self
 
+    def array(self) -> np.ndarray:
+        value = self.value.read() if type(self.value) is Lazy else self.value
+        return np.asarray(value, dtype=self.dtype)
+
+
+_CHUNK = 4 * 2**20  # bytes of host copies moved to the device at once
+
 
 def _to_devices(hosts: list[_Host]) -> None:
-    """Moves the host values of a restore to the device in one `jax.device_put` (for
-    800 small arrays, about 0.7x the time of one `jnp.asarray` each), each to the
-    devices of the array it replaces (a sharded model stays sharded), or placed by
-    default as JAX places a new array (uncommitted)."""
-    if not hosts:
-        return
+    """Moves the host values of a restore to the device, each to the devices of the
+    array it replaces (a sharded model stays sharded), or placed by default as JAX
+    places a new array (uncommitted). One `jax.device_put` per `_CHUNK` bytes (for
+    800 small arrays, one call costs about 0.7x the time of one `jnp.asarray` each);
+    `Lazy` values are read chunk by chunk, so that host copies are dropped as they
+    reach the device."""
+    start, size = 0, 0
+    for end, h in enumerate(hosts, 1):
+        size += getattr(h.value, "nbytes", 0)
+        if size >= _CHUNK or end == len(hosts):
+            _move(hosts[start:end])
+            start, size = end, 0
+
+
+def _move(hosts: list[_Host]) -> None:
     shardings = []
     for h in hosts:
         old = h.old.mantissa if isinstance(h.old, u.Quantity) else h.old
         placed = is_concrete_array(old) and old.committed
         shardings.append(old.sharding if placed else None)
-    arrays = [h.array for h in hosts]
+    arrays = [h.array() for h in hosts]
     if any(s is not None for s in shardings):
         moved = jax.device_put(arrays, shardings)
     else:
         moved = jax.device_put(arrays)
+    del arrays
     for h, array in zip(hosts, moved, strict=True):
         h.leaves[h.t] = array if h.unit is None else u.Quantity(array, unit=h.unit)
 
@@ -579,7 +690,7 @@ def _same_avals(old: Any, new: Any) -> bool:
 
 
 # Types that are one leaf of a value (what a leaf-level key usually carries).
-_ONE_LEAF = frozenset({np.ndarray, u.Quantity, bool, int, float, complex})
+_ONE_LEAF = frozenset({np.ndarray, u.Quantity, bool, int, float, complex, Lazy})
 
 
 def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bool:
@@ -612,7 +723,7 @@ def _structure_error(where: Path, sub: Path, expected: list, value: Any) -> str:
     )
 
 
-def _refuse_mismatched_keys(unexpected: list, missing: list):
+def _refuse_mismatched_keys(op: str, source: str, unexpected: list, missing: list):
     parts = []
     if unexpected:
         parts.append(
@@ -624,7 +735,7 @@ def _refuse_mismatched_keys(unexpected: list, missing: list):
             f"{len(missing)} missing key(s) (left unassigned): {_listing(missing)}"
         )
     raise ValueError(
-        "`assign_state_values(..., strict=True)` found "
+        f"`{op}(..., strict=True)` found{source} "
         + " and ".join(parts)
         + ". Fix the keys, or pass `strict=False` to assign what matches and get "
         "the mismatches back in the result."

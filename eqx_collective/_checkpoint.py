@@ -1,17 +1,30 @@
 """Checkpoint files: `save_states` and `load_states` (safetensors), and the
 `LoadResult` that loads return."""
 
+import functools
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from typing import Any, cast, NamedTuple
+from typing import Any, BinaryIO, cast, TypeGuard
 
-import brainunit as u
+import equinox as eqx
+import numpy as np
+import safetensors.numpy
 from jaxtyping import PyTree
-from safetensors import safe_open, SafetensorError, serialize_file, TensorSpec
+from safetensors import (
+    deserialize,
+    safe_open,
+    SafetensorError,
+    serialize,
+    serialize_file,
+    TensorSpec,
+)
 
 from . import _checkpoint_format as fmt
-from ._assign import assign, PlaceIndex
+from ._assign import assign, AssignResult, Lazy, PlaceIndex
+from ._fields import field
 from ._filters import Filter
 from ._paths import as_path, iter_value_leaves, Path, path_repr
 from ._state import is_shared
@@ -19,14 +32,15 @@ from ._views import states as _states
 from ._walk import iter_states
 
 
-File = str | os.PathLike
+File = str | os.PathLike | BinaryIO
 Rename = Mapping[Path | str, Path | str] | Callable[[Path], Path | str | None]
 
 
-class LoadResult(NamedTuple):
+class LoadResult(AssignResult):
     """What [`eqx_collective.load_states`][] and [`eqx_collective.load_sharded`][]
-    return. A named tuple: take the fields by name (`result.model`), or the first three
-    as `model, unexpected, missing = load_states(...)[:3]`.
+    return: the shape of [`eqx_collective.AssignResult`][], a named tuple `(model,
+    unexpected, missing)` with `converted` by name, so that `model, unexpected,
+    missing = load_states(...)` works.
 
     Every key is a *leaf-level* tuple path (`('layers', 0, 'weight', 'bias')`; for an
     array- or `Quantity`-valued state, its own path), named as in the model (after
@@ -39,37 +53,10 @@ class LoadResult(NamedTuple):
         file's order.
     - `missing`: the leaves of the model that the file does not hold (they keep their
         values), in the model's order.
-    - `converted`: the loaded leaves whose value was converted to fit the model: a
-        safe dtype cast (`float16` into a `float32` state), a unit conversion (`volt`
-        into a `mV` state) or a Python scalar made an array.
+    - `converted` (by name only): the loaded leaves whose value was converted to fit
+        the model: a safe dtype cast (`float16` into a `float32` state), a unit
+        conversion (`volt` into a `mV` state) or a Python scalar made an array.
     """
-
-    model: PyTree
-    unexpected: list[Path]
-    missing: list[Path]
-    converted: list[Path]
-
-
-_CODES = {  # safetensors' dtype codes of the stored dtypes
-    "bool": "BOOL",
-    "int8": "I8",
-    "int16": "I16",
-    "int32": "I32",
-    "int64": "I64",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "float16": "F16",
-    "float32": "F32",
-    "float64": "F64",
-    "bfloat16": "BF16",
-    "complex64": "C64",
-}
-
-
-# the safetensors code each dtype of the metadata is stored as
-_STORED_AS = {d: _CODES[fmt.storage_dtype({"dtype": d}).name] for d in fmt.KNOWN_DTYPES}
 
 
 def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Saved:
@@ -85,13 +72,18 @@ def collect_states(model: PyTree, filters: tuple, op: str, **kwargs) -> fmt.Save
     return saved
 
 
-def check_path(file: Any, op: str) -> None:
-    if not isinstance(file, (str, os.PathLike)):
-        raise TypeError(
-            f"`{op}` takes the path of the checkpoint (a `str` or `os.PathLike`), but "
-            f"got {type(file).__name__}. Checkpoints are files on disk (read "
-            f"memory-mapped); to keep one in memory, write it to a temporary file."
-        )
+def is_path(file: Any, op: str, *, write: bool = False) -> TypeGuard[str | os.PathLike]:
+    """Whether `file` is a path (else a binary file object); a `TypeError` if it is
+    neither."""
+    if isinstance(file, (str, os.PathLike)):
+        return True
+    if hasattr(file, "write" if write else "read"):
+        return False
+    raise TypeError(
+        f"`{op}` takes the path of the checkpoint (a `str` or `os.PathLike`) or a "
+        f"binary file object open for {'writing' if write else 'reading'}, but got "
+        f"{type(file).__name__}."
+    )
 
 
 def save_states(file: File, model: PyTree, *filters: Filter) -> None:
@@ -102,9 +94,11 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
     raw arrays of plain Equinox modules alike. Values are saved exactly: every dtype bit
     for bit, `brainunit.Quantity` values in their own unit, typed PRNG keys
     (`jax.random.key`) with their implementation. A stacked ensemble is saved like any
-    model, with the ensemble axes and shared states of its states recorded. Writing is
-    atomic: the file is written next to `file` and moved into place, so a crash never
-    leaves a truncated checkpoint.
+    model, with the ensemble axes and shared states of its states recorded.
+
+    Writing to a path is atomic: the file is written next to it and moved into place,
+    so a crash never leaves a truncated checkpoint; it gets the permissions the umask
+    gives, as `open(file, "wb")` would.
 
     **File format** (version 2): a standard safetensors file, readable by any
     safetensors library:
@@ -112,8 +106,9 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
     - one tensor per leaf, named by its leaf-level path: dotted
         (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or an index,
         else the JSON list of the path (`'["a.b","x/y",-1]'`). Every path has exactly
-        one name, so no two leaves can collide. A path entry that is neither a `str`
-        nor an `int` (a tuple or float dict key) is refused when saving.
+        one name, so no two leaves can collide (the same names as in
+        [`eqx_collective.save_sharded`][]). A path entry that is neither a `str` nor an
+        `int` (a tuple or float dict key) is refused when saving.
     - dtypes: natively `bool`, (unsigned) integers, `float16/32/64`, `bfloat16` and
         `complex64`; the other `ml_dtypes` (the `float8` family, `int4`, ...) as a
         `uint8` view (safetensors has codes for some float8s but its NumPy reader
@@ -125,15 +120,15 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         record per state: `path` (a JSON list of `str` and `int`), `type` (the state's
         class name), `tag`, `shared`, `ensemble_shape` and `leaves`, one entry per
         tensor: `name`, `dtype` (the real dtype, or `"key"`), and when needed `unit`
-        (a record of a `brainunit.Unit`: `repr`, the 7 SI exponents `dim`, `scale`,
-        `base`, `factor`, `name`, `dispname`, `is_fullname`, `display_parts`),
-        `python` (`"bool"`, `"int"`, `"float"` or `"complex"`: the leaf was a Python
-        scalar) and `key_impl` (`"threefry2x32"`, `"rbg"` or `"unsafe_rbg"`).
+        (a `brainunit.Unit` as its text `repr`, the 7 SI exponents `dim`, `scale` and
+        `factor`), `python` (`"bool"`, `"int"`, `"float"` or `"complex"`: the leaf was
+        a Python scalar) and `key_impl` (`"threefry2x32"`, `"rbg"` or `"unsafe_rbg"`).
 
     **Arguments:**
 
     - `file`: the path to write (`str` or `os.PathLike`; no suffix is added; the
-        usual one is `.safetensors`).
+        usual one is `.safetensors`), or a binary file object open for writing
+        (`open(path, "wb")`, `io.BytesIO()`), as for `eqx.tree_serialise_leaves`.
     - `model`: the model whose states to save.
     - `*filters`: save only the states these select (see [`eqx_collective.Filter`][]);
         all of them by default.
@@ -151,10 +146,10 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
 
         ```python
         ec.save_states("model.safetensors", model)
-        model = ec.load_states("model.safetensors", model).model
+        model, unexpected, missing = ec.load_states("model.safetensors", model)
         ```
     """
-    check_path(file, "save_states")
+    path = bool(is_path(file, "save_states", write=True))
     saved = collect_states(model, filters, "save_states")
     specs = {
         name: TensorSpec(
@@ -166,17 +161,24 @@ def save_states(file: File, model: PyTree, *filters: Filter) -> None:
         for name, a in saved.arrays.items()
     }
     metadata = {fmt.METADATA_KEY: fmt.dumps(saved.metadata)}
-    target = os.fspath(file)
-    directory = os.path.dirname(os.path.abspath(target))
+    if not path:  # `saved` keeps the data alive while it is written
+        cast(BinaryIO, file).write(serialize(specs, metadata=metadata))
+        return
+    target = os.fspath(cast(str | os.PathLike, file))
+    directory, base = os.path.split(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"`save_states` cannot write {target!r}: the directory {directory!r} does "
             f"not exist. Create it first."
         )
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
     try:
-        serialize_file(specs, tmp, metadata=metadata)  # `saved` keeps the data alive
+        # the mode `open` gives a new file (safetensors' own is private), learnt by
+        # creating the file as `open` does, then written by safetensors
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
+        serialize_file(specs, tmp, metadata=metadata)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -195,16 +197,27 @@ def load_states(
     the checks of [`eqx_collective.assign_state_values`][] (structure, shape, safe
     dtype casts, units), and reports what it did.
 
-    The file is read (memory-mapped) and checked in full before anything is assigned;
-    on any error the model is left as it was (as always, the input model is never
-    modified). Loading never unpickles or evaluates anything: safetensors checks the
-    header and the tensor offsets, the metadata is parsed as JSON and checked field by
-    field, dtypes come from a fixed list of names, and units are rebuilt from numbers
-    and strings. The format is described in [`eqx_collective.save_states`][].
+    `model` is the template: loading fills in values, never creates states (as
+    `eqx.tree_deserialise_leaves`). It may be abstract: for a big model, pass
+    `eqx.filter_eval_shape(make_model, ...)` (with its states initialised) instead of
+    a model built with random values, and loading allocates only the loaded arrays.
+    The file is read tensor by tensor, each chunk going to the device before the
+    next is read, so loading holds little more than the model itself. A state that
+    the file holds but that `model` has not created yet (a recurrent cell's hidden
+    state before [`eqx_collective.init_all_states`][]) is refused, naming it.
+
+    Everything is checked before anything is assigned; on any error the model is left
+    as it was (as always, the input model is never modified). Loading never unpickles
+    or evaluates anything: safetensors checks the header and the tensor offsets, the
+    metadata is parsed as JSON and checked against a fixed schema, dtypes come from a
+    fixed list of names, and units are rebuilt from numbers and strings. The format is
+    described in [`eqx_collective.save_states`][].
 
     **Arguments:**
 
-    - `file`: the path of the file (`str` or `os.PathLike`).
+    - `file`: the path of the file (`str` or `os.PathLike`), or a binary file object
+        open for reading (`open(path, "rb")`, `io.BytesIO(data)`), read from its
+        current position.
     - `model`: the model to load into; its states define what is expected.
     - `strict`: if `True`, leaves of the file that match nothing in the model, or
         leaves of the model that the file does not hold, are an error.
@@ -216,9 +229,8 @@ def load_states(
 
     **Returns:**
 
-    An [`eqx_collective.LoadResult`][] `(model, unexpected, missing, converted)` of
-    leaf-level tuple paths. Take the first three as
-    `model, unexpected, missing = load_states(...)[:3]`.
+    An [`eqx_collective.LoadResult`][] `(model, unexpected, missing)` of leaf-level
+    tuple paths, with `converted` by name.
 
     **Raises:**
 
@@ -228,20 +240,31 @@ def load_states(
     - `ValueError` naming the file and what is wrong: not a checkpoint of this
         library, corrupted or truncated, invalid metadata, a newer format version; a
         value that fails a check (the file of another model); a state saved as shared,
-        or with other ensemble axes, than in `model`; no saved leaf matching the model
-        at all; two leaves renamed to one path; or, with `strict=True`, unexpected or
-        missing leaves.
+        or with other ensemble axes, than in `model`; a state `model` has not created;
+        no saved leaf matching the model at all; two leaves renamed to one path; or,
+        with `strict=True`, unexpected or missing leaves.
 
     !!! Example
 
         ```python
         ec.save_states("rnn.safetensors", rnn)
-        rnn, unexpected, missing, converted = ec.load_states("rnn.safetensors", rnn)
-        assert unexpected == missing == converted == []
+        rnn, unexpected, missing = ec.load_states("rnn.safetensors", rnn)
+        assert unexpected == missing == []
         ```
     """
-    check_path(file, "load_states")
-    name = repr(os.fspath(file))
+    if is_path(file, "load_states"):
+        name = repr(os.fspath(file))
+        _check_exists(file, name)
+        return _load(file, name, model, strict, rename)
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+        # (safetensors reads files by name only)
+        shutil.copyfileobj(cast(BinaryIO, file), tmp)
+        tmp.flush()
+        name = repr(getattr(file, "name", None) or f"the {type(file).__name__}")
+        return _load(tmp.name, name, model, strict, rename)
+
+
+def _check_exists(file: Any, name: str) -> None:
     if not os.path.exists(file):
         raise FileNotFoundError(
             f"`load_states` found no checkpoint at {name}. Check the path (no suffix "
@@ -253,67 +276,113 @@ def load_states(
             f"file written by `save_states` (a directory written by `save_sharded` is "
             f"loaded with `load_sharded`)."
         )
+
+
+def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
     try:
-        values, records = _read(file)
+        with _Reader(file) as reader:
+            values, records = reader.leaves()
+            values, records = renamed("load_states", name, values, records, rename)
+            return finish_load(name, "load_states", model, values, records, strict)
     except fmt.BadFile as e:
         raise ValueError(
             f"`load_states` cannot load {name}: {e}. Pass a file written by "
             f"`eqx_collective.save_states`."
         ) from None
-    values, records = renamed("load_states", name, values, records, rename)
-    return finish_load(name, "load_states", model, values, records, strict=strict)
 
 
-def _read(file: File) -> tuple[dict[Path, Any], dict[Path, dict]]:
-    """The values of a checkpoint file by leaf path, and the state record of each;
-    `BadFile` if its content is not a valid checkpoint."""
-    try:
-        with safe_open(file, framework="np") as f:
-            metadata = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
-            entries = {
-                e["name"]: (e, r) for r in metadata["states"] for e in r["leaves"]
-            }
-            names = set(f.keys())
-            extra, absent = (
-                sorted(names - entries.keys()),
-                sorted(entries.keys() - names),
+class _Reader:
+    """A checkpoint file read through `safetensors.safe_open`, which checks it. Plain
+    arrays are given as `Lazy` leaves, read when they go to the device. The file is
+    memory-mapped, and each page read stays in memory while the map is open, so it is
+    closed after every `_WINDOW` bytes read (and reopened, checked to be the same
+    file): loading holds the model, one window of pages and one chunk of copies."""
+
+    _WINDOW = 4 * 2**20
+
+    def __init__(self, path: Any):
+        self.path, self.f, self.since_open = path, None, 0
+        self.identity = self._identity()
+
+    def _identity(self) -> tuple:
+        s = os.stat(self.path)
+        return (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns)
+
+    def _open(self) -> Any:
+        if self.f is None:
+            fmt.expect(
+                self._identity() == self.identity, "it was replaced while being read"
             )
-            fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
-            fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
             try:
-                tensors = f.get_tensors()
-            except (AttributeError, TypeError):  # a dtype code NumPy cannot read
-                _check_dtypes(f, entries, {})
-                raise
-            _check_dtypes(f, entries, tensors)
-    except SafetensorError as e:
+                self.f = safe_open(self.path, framework="np")
+            except SafetensorError as e:
+                raise fmt.BadFile(
+                    f"it is not a valid safetensors file; it may be corrupted or "
+                    f"truncated ({e})"
+                ) from None
+            self.since_open = 0
+        return self.f
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f = None  # (safetensors unmaps the file when its handle goes)
+
+    def tensor(self, entry: dict) -> np.ndarray:
+        """The stored array of `entry`, checked to have the stored dtype."""
+        f, name = self._open(), entry["name"]
+        expected = fmt.storage_dtype(entry)
+        try:
+            array = f.get_tensor(name)
+        except (AttributeError, TypeError, SafetensorError):  # a code NumPy lacks
+            array = None
+        if array is None or array.dtype != expected:
+            _check_code(entry, f.get_slice(name).get_dtype())
+            raise fmt.BadFile(f"the tensor {name!r} cannot be read")
+        self.since_open += array.nbytes
+        if self.since_open >= self._WINDOW:
+            self.f = None
+        return array
+
+    def leaves(self) -> tuple[dict[Path, Any], dict[Path, dict]]:
+        """The leaves of the file by saved leaf path (plain arrays as `Lazy`), and the
+        state record of each; `BadFile` if it is not a valid checkpoint."""
+        f = self._open()
+        entries = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
+        names = set(f.keys())
+        listed = {e["name"] for e, _ in entries}
+        extra, absent = sorted(names - listed), sorted(listed - names)
+        fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
+        fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
+        values, records = {}, {}
+        for entry, record in entries:
+            stored = f.get_slice(entry["name"])
+            _check_code(entry, stored.get_dtype())
+            if fmt.is_plain(entry):
+                shape = tuple(stored.get_shape())
+                read = functools.partial(self.tensor, entry)
+                value = Lazy(shape, fmt.storage_dtype(entry), read)
+            else:
+                stored = fmt.from_stored(self.tensor(entry), entry)
+                value = fmt.finish_leaf(stored, entry)
+            values[entry["path"]], records[entry["path"]] = value, record
+        return values, records
+
+
+def _check_code(entry: dict, code: str) -> None:
+    expected = fmt.storage_dtype(entry)
+    if code != _code(expected):
         raise fmt.BadFile(
-            f"it is not a valid safetensors file; it may be corrupted or truncated "
-            f"({e})"
-        ) from None
-    values, records = {}, {}
-    for name, (entry, record) in entries.items():
-        values[entry["path"]] = fmt.finish_leaf(
-            fmt.from_stored(tensors[name], entry), entry
+            f"the tensor {entry['name']!r} is stored as {code}, but its metadata says "
+            f"{entry['dtype']} (stored as {_code(expected)})"
         )
-        records[entry["path"]] = record
-    return values, records
 
 
-def _check_dtypes(f: Any, entries: dict, tensors: dict) -> None:
-    """`BadFile` if a tensor is not stored as its metadata's dtype is: checked on
-    the NumPy arrays `tensors` read (cheap), or, for those not read, on safetensors'
-    dtype codes."""
-    for name, (entry, _) in entries.items():
-        x = tensors.get(name)
-        if x is not None and x.dtype == fmt.storage_dtype(entry):
-            continue
-        code = f.get_slice(name).get_dtype()
-        if code != _STORED_AS[entry["dtype"]]:
-            raise fmt.BadFile(
-                f"the tensor {name!r} is stored as {code}, but its metadata says "
-                f"{entry['dtype']} (stored as {_STORED_AS[entry['dtype']]})"
-            )
+@functools.cache
+def _code(dtype: np.dtype) -> str:
+    """safetensors' dtype code for `dtype`, as its own writer records it."""
+    return deserialize(safetensors.numpy.save({"x": np.zeros(0, dtype)}))[0][1]["dtype"]
 
 
 def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
@@ -346,7 +415,8 @@ def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
 
 
 def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | None):
-    """`values` and `records` keyed by the new paths that `rename` gives."""
+    """`values` keyed by the new paths that `rename` gives, and for each the state
+    record and the new path of its state."""
     fn = _renamer(rename, op)
     new_values, new_records, origin = {}, {}, {}
     for path, value in values.items():
@@ -360,32 +430,24 @@ def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | No
                 f"{path_repr(new)}. Give them distinct paths."
             )
         origin[new] = path
-        new_values[new], new_records[new] = value, records[path]
+        record = records[path]
+        state_path = new[: len(new) - (len(path) - len(record["path"]))]
+        new_values[new], new_records[new] = value, (record, state_path)
     return new_values, new_records
 
 
 def finish_load(
-    name: str,
-    op: str,
-    model: PyTree,
-    values: dict[Path, Any],
-    records: dict[Path, dict],
-    *,
-    strict: bool,
+    name: str, op: str, model: PyTree, values: dict, records: dict, strict: bool
 ) -> LoadResult:
-    """Assigns the values read from a checkpoint (keyed by their new paths) to `model`
-    and builds the report (shared by `load_states` and `load_sharded`)."""
+    """Assigns the values read from a checkpoint (keyed by their new paths, `records`
+    from `renamed`) to `model` and builds the report (shared by `load_states` and
+    `load_sharded`)."""
     index = PlaceIndex(iter_states(model))
-    try:
-        places = {path: index.lookup(path) for path in values}
-        _check_records(name, op, records, index, places)
-        result = assign(model, index, (values,), strict)
-    except ValueError as e:
-        raise ValueError(
-            f"`{op}` cannot load {name} into this model (is it the file of another "
-            f"model?):\n{e}"
-        ) from None
-    if values and len(result.unexpected) == len(values):
+    places = {path: index.lookup(path) for path in values}
+    unmatched = [path for path, where in places.items() if where is None]
+    if unmatched:
+        _refuse_not_created(name, op, model, [records[p][1] for p in unmatched])
+    if values and len(unmatched) == len(values):
         raise ValueError(
             f"`{op}` cannot load {name} into this model: none of its {len(values)} "
             f"saved leaves matches a leaf of the model (e.g. "
@@ -393,6 +455,8 @@ def finish_load(
             f"Check the file, pass `rename=` if the model was refactored, or assign a "
             f"subset with `assign_state_values`."
         )
+    _check_records(name, op, records, index, places)
+    result = assign(model, index, (values,), strict, op, name)
     found = dict(index.found)
     missing = []
     for path in result.missing:
@@ -400,43 +464,56 @@ def finish_load(
             missing += [p for p, _ in iter_value_leaves(path, found[path].value)]
         else:
             missing.append(path)
-    converted = [
-        path
-        for path, value in values.items()
-        if (where := places[path]) is not None
-        and _converted(index.leaf_at(where), value)
-    ]
-    unexpected = cast(list[Path], list(result.unexpected))  # (all keys are tuples)
-    return LoadResult(result.model, unexpected, missing, converted)
+    return LoadResult(result.model, unmatched, missing, result.converted)
 
 
-def _converted(old: Any, new: Any) -> bool:
-    """Whether assigning `new` in place of `old` converted it (dtype, unit, kind)."""
-    if old is None:  # a sub-tree, checked leaf by leaf
-        return False
-    if isinstance(old, u.Quantity) or isinstance(new, u.Quantity):
-        if not (isinstance(old, u.Quantity) and isinstance(new, u.Quantity)):
+_ABSENT = object()
+
+
+def _not_created(model: Any, path: Path) -> bool:
+    """Whether `model` holds `None` at `path` or above it (a state not created yet)."""
+    node = model
+    for entry in path:
+        if node is None:
             return True
-        if old.unit != new.unit:
-            return True
-        old, new = old.mantissa, new.mantissa
-    if type(new) in (bool, int, float, complex):
-        return type(old) is not type(new)
-    return getattr(old, "dtype", None) != getattr(new, "dtype", None)
+        if isinstance(node, eqx.Module):
+            node = field(node, entry, _ABSENT) if type(entry) is str else _ABSENT
+        elif isinstance(node, dict):
+            node = node.get(entry, _ABSENT)
+        elif isinstance(node, (list, tuple)) and type(entry) is int:
+            node = node[entry] if -len(node) <= entry < len(node) else _ABSENT
+        else:
+            return False
+    return node is None
+
+
+def _refuse_not_created(name: str, op: str, model: Any, state_paths: list) -> None:
+    absent = list(dict.fromkeys(p for p in state_paths if _not_created(model, p)))
+    if absent:
+        listing = ", ".join(map(path_repr, absent[:20]))
+        raise ValueError(
+            f"`{op}` cannot load {name} into this model: the file holds the states "
+            f"{listing}, which the model has not created yet (it holds `None` there, "
+            f"as a freshly built cell does before `init_all_states`). Loading fills in "
+            f"the states of the model, never creates them: call "
+            f"`ec.init_all_states(model, ...)` first, as for the saved model (or "
+            f"leave these states out with `rename=`, a function returning `None` for "
+            f"their paths)."
+        )
 
 
 def _check_records(name, op, records: dict, index: PlaceIndex, places: dict) -> None:
     """Refuses a file whose states were shared (or had other ensemble axes) where the
     model's are not, naming each such state."""
     wrong, seen = {}, set()
-    for path, record in records.items():
+    for path, (record, _) in records.items():
         where = places.get(path)
         if where is None or (id(record), where[0]) in seen:
             continue
         seen.add((id(record), where[0]))
         state_path, state = index.found[where[0]]
-        ensemble = list(getattr(state, "ensemble_shape", ()))
-        if record["shared"] != is_shared(state):
+        ensemble = list(field(state, "ensemble_shape", ()))
+        if record["shared"] != (field(state, "shared") or is_shared(state)):
             saved = "shared" if record["shared"] else "batched"
             other = "batched" if record["shared"] else "shared"
             wrong[state_path] = f"saved {saved}, {other} in the model"

@@ -1,10 +1,13 @@
-"""The checkpoint format: tensor names, how each leaf is stored, and the metadata.
+"""The checkpoint format: tensor names, how each leaf is stored, units, and the metadata
+schema.
 
 Shared by [`eqx_collective.save_states`][] (one safetensors file) and
-[`eqx_collective.save_sharded`][] (an orbax directory). Everything read back from a file
-goes through `BadFile` checks here: names are decoded and re-encoded to the same text,
-dtypes come from fixed tables, units are rebuilt from numbers and strings, and nothing
-is evaluated.
+[`eqx_collective.save_sharded`][] (an orbax directory): both name each tensor by
+`tensor_name` and describe it by the same metadata. What is read back goes through
+`BadFile` checks: safetensors checks the file, the metadata is checked against one
+declarative schema (`SCHEMA`), names are decoded and re-encoded to the same text, and
+units are rebuilt from numbers and strings through brainunit's public constructors.
+Nothing is evaluated.
 """
 
 import functools
@@ -20,8 +23,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from ._fields import field
 from ._paths import iter_value_leaves, Path, path_repr
-from ._state import is_shared, State
+from ._state import NonBatchState, State
 
 
 FORMAT = "eqx_collective.states"
@@ -48,8 +52,7 @@ _RESERVED = "__metadata__"  # safetensors' own header entry
 
 def normal_path(path: Path) -> Path:
     """`path` with `str`/`int` subclasses (`StrEnum`, `IntEnum` keys) made plain, or a
-    `TypeError` naming the first entry that cannot be a path entry (a tuple, float,
-    bool or `None` dict key, ...)."""
+    `TypeError` naming the first entry that cannot be a path entry."""
     if all(type(p) is str or type(p) is int for p in path):
         return path
     out = []
@@ -64,10 +67,10 @@ def normal_path(path: Path) -> Path:
 
 
 def tensor_name(path: Path) -> str:
-    """The name of the tensor of the leaf at `path`: the dotted path
-    (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or a
+    """The one name of the tensor of the leaf at `path`, in both file kinds: the dotted
+    path (`'layers.0.weight.bias'`) when every entry is an ASCII identifier or a
     non-negative index, else the JSON list of the path (`'["a.b",-1]'`). The two forms
-    never collide (a dotted name never starts with `[`), and each path has one name."""
+    never collide (a dotted name never starts with `[`)."""
     simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
     name = ".".join(map(str, path))
     if simple and path and name != _RESERVED:
@@ -94,166 +97,117 @@ def path_of_name(name: str) -> Path:
         try:
             path = json.loads(name)
         except (ValueError, RecursionError):
-            raise BadFile(f"the tensor name {name!r} is not a valid path") from None
-        expect(is_json_path(path), f"the tensor name {name!r} is not a valid path")
-        path = tuple(path)
+            path = None
+        expect(_is_path(path), f"the tensor name {name!r} is not a valid path")
+        path = tuple(cast(list, path))
         expect(tensor_name(path) == name, f"the tensor name {name!r} is not canonical")
         return path
-    # a dotted name of simple entries is canonical by construction
-    path = tuple(map(_dotted_entry, name.split(".")))
-    if None in path or name == _RESERVED:
-        raise BadFile(f"the tensor name {name!r} is not canonical")
-    return cast(Path, path)  # (no `None` in it)
+    path = tuple(map(_dotted_entry, name.split(".")))  # canonical by construction
+    expect(
+        None not in path and name != _RESERVED,
+        f"the tensor name {name!r} is not canonical",
+    )
+    return cast(Path, path)
 
 
-def is_json_path(x: Any) -> bool:
+def _is_path(x: Any) -> bool:
     """Whether parsed JSON `x` is a path: a list of strings and integers."""
     return type(x) is list and all(type(p) is str or type(p) is int for p in x)
 
 
 # ---------------------------------------------------------------------------- dtypes
 
-# dtypes that safetensors stores natively *and* its NumPy reader reads back
+# What each dtype is stored as, when not as itself: safetensors stores `bool`, the
+# (unsigned) integers, `float16/32/64`, `bfloat16` and `complex64` natively. The other
+# one-byte `ml_dtypes` go as a `uint8` view (safetensors has codes for some float8s,
+# but its NumPy reader cannot read them), `complex128` as `float64` with a trailing
+# axis of 2, typed PRNG keys as their `uint32` key data.
 _NATIVE = {
     np.dtype(d).name: np.dtype(d)
-    for d in (
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        ml_dtypes.bfloat16,
-    )
+    for d in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16")
+    + ("uint32", "uint64", "float16", "float32", "float64", "complex64")
+    + (ml_dtypes.bfloat16,)
 }
-# one-byte dtypes of `ml_dtypes` stored as a `uint8` view (safetensors has codes for
-# some float8s, but its NumPy reader cannot read them back)
 _BYTE_VIEWS = {
-    np.dtype(getattr(ml_dtypes, n)).name: np.dtype(getattr(ml_dtypes, n))
-    for n in (
-        "float8_e3m4",
-        "float8_e4m3",
-        "float8_e4m3b11fnuz",
-        "float8_e4m3fn",
-        "float8_e4m3fnuz",
-        "float8_e5m2",
-        "float8_e5m2fnuz",
-        "float8_e8m0fnu",
-        "float4_e2m1fn",
-        "float6_e2m3fn",
-        "float6_e3m2fn",
-        "int2",
-        "int4",
-        "uint2",
-        "uint4",
-    )
+    n: np.dtype(getattr(ml_dtypes, n))
+    for n in ("float8_e3m4", "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn")
+    + ("float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
+    + ("float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn", "int2", "int4", "uint2")
+    + ("uint4",)
     if hasattr(ml_dtypes, n)
 }
-_COMPLEX128 = np.dtype("complex128")  # stored as float64 with a trailing axis of 2
+_STORED_AS = {"complex128": np.dtype("float64"), "key": np.dtype("uint32")}
+_STORED_AS.update(dict.fromkeys(_BYTE_VIEWS, np.dtype("uint8")))
+_STORED_AS.update(_NATIVE)
+KNOWN_DTYPES = sorted(_STORED_AS)
 _KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
-KNOWN_DTYPES = sorted([*_NATIVE, *_BYTE_VIEWS, "complex128", "key"])
-_KNOWN = frozenset(KNOWN_DTYPES)
-_PYTHON_SCALARS = {"bool": bool, "int": int, "float": float, "complex": complex}
+_PYTHON = {bool: "bool", int: "int", float: "float", complex: "complex"}
+_FROM_PYTHON = {v: k for k, v in _PYTHON.items()}
 
 
 def storage_dtype(entry: dict) -> np.dtype:
     """The dtype the tensor of `entry` is stored with."""
-    dtype = entry["dtype"]
-    if dtype == "key":
-        return np.dtype("uint32")
-    if dtype == "complex128":
-        return np.dtype("float64")
-    if dtype in _BYTE_VIEWS:
-        return np.dtype("uint8")
-    return _NATIVE[dtype]
-
-
-# ---------------------------------------------------------------------------- leaves
+    return _STORED_AS[entry["dtype"]]
 
 
 def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
     """One leaf as the array to store and its metadata entry (without its name). With
     `host=False` (orbax), JAX arrays stay where they are, in their own dtype."""
     entry: dict[str, Any] = {}
-    if type(leaf) is u.Quantity or isinstance(leaf, u.Quantity):
-        entry["unit"] = _unit_record(leaf.unit)
+    if isinstance(leaf, u.Quantity):
+        entry["unit"] = unit_record(leaf.unit)
         leaf = leaf.mantissa
-    if type(leaf) in _PYTHON_NAMES:
-        entry["python"] = _PYTHON_NAMES[type(leaf)]
+    if type(leaf) in _PYTHON:
+        entry["python"] = _PYTHON[type(leaf)]
     elif isinstance(leaf, jax.core.Tracer):
         raise ValueError(
             f"`save_states` got a traced value at {path_repr(path)}: it writes concrete "
             f"arrays to disk, so call it outside `jax.jit` / `eqx.filter_jit`."
         )
     dtype = getattr(leaf, "dtype", None)
-    rule = _RULES.get(dtype) if dtype is not None else None
-    if rule is None:
-        if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-            return _key_to_stored(path, leaf, entry, host)
-        rule = _rule(
-            path, np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
-        )
-    name, view = rule
-    entry["dtype"] = name
-    if not host:  # orbax stores every dtype as it is
-        return (leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)), entry
-    array = _contiguous(np.asarray(leaf))
-    if view is None:
-        return array, entry
-    if view == "complex":
-        return array[..., None].view(np.float64), entry
-    return array.view(view), entry
-
-
-_PYTHON_NAMES = {bool: "bool", int: "int", float: "float", complex: "complex"}
-# dtype -> (its name, `None` (stored as is) or the dtype of the stored view); cached
-_RULES: dict[Any, tuple[str, Any]] = {}
-
-
-def _rule(path: Path, dtype: np.dtype) -> tuple[str, Any]:
-    name = dtype.name
-    if name in _NATIVE and dtype == _NATIVE[name]:
-        rule = (name, None)
-    elif name in _BYTE_VIEWS and dtype == _BYTE_VIEWS[name]:
-        rule = (name, np.dtype(np.uint8))
-    elif dtype == _COMPLEX128:
-        rule = (name, "complex")
-    else:
+    if dtype is not None and _is_key(dtype):
+        impl = str(jax.random.key_impl(leaf))
+        if impl not in _KEY_IMPLS:
+            raise ValueError(
+                f"`save_states` cannot save the PRNG key at {path_repr(path)}: its "
+                f"implementation {impl!r} is not one of {list(_KEY_IMPLS)}."
+            )
+        entry.update(dtype="key", key_impl=impl)
+        data = jax.random.key_data(leaf)
+        return (np.asarray(data) if host else data), entry
+    np_dtype = np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
+    name = dtype_name(np_dtype)
+    if name not in _STORED_AS:
         raise ValueError(
             f"`save_states` cannot save the leaf at {path_repr(path)}: its dtype "
-            f"{dtype} is not one of {KNOWN_DTYPES}. Store numeric arrays in states."
+            f"{np_dtype} is not one of {KNOWN_DTYPES}. Store numeric arrays in states."
         )
-    _RULES[dtype] = rule
-    return rule
+    entry["dtype"] = name
+    if name in _NATIVE and np_dtype != _NATIVE[name]:  # (another byte order)
+        leaf = np.asarray(leaf, _NATIVE[name])
+    if not host:  # orbax stores every dtype as it is
+        return (leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)), entry
+    array = np.asarray(leaf)
+    if not array.flags.c_contiguous:  # (`np.ascontiguousarray` makes 0-d arrays 1-d)
+        array = array.copy(order="C")
+    if name == "complex128":
+        return array[..., None].view(np.float64), entry
+    return (array if name in _NATIVE else array.view(_STORED_AS[name])), entry
 
 
-def _key_to_stored(path: Path, leaf: Any, entry: dict, host: bool):
-    impl = str(jax.random.key_impl(leaf))
-    if impl not in _KEY_IMPLS:
-        raise ValueError(
-            f"`save_states` cannot save the PRNG key at {path_repr(path)}: its "
-            f"implementation {impl!r} is not one of {list(_KEY_IMPLS)}."
-        )
-    entry.update(dtype="key", key_impl=impl)
-    data = jax.random.key_data(leaf)
-    return (np.asarray(data) if host else data), entry
+@functools.lru_cache(maxsize=256)
+def _is_key(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jax.dtypes.prng_key))  # (slow: once per dtype)
 
 
-def _contiguous(array: np.ndarray) -> np.ndarray:
-    """`array` in C order (unlike `np.ascontiguousarray`, keeps 0-d arrays 0-d)."""
-    return array if array.flags.c_contiguous else array.copy(order="C")
+@functools.lru_cache(maxsize=256)
+def dtype_name(dtype: np.dtype) -> str:
+    return dtype.name  # (NumPy computes it anew each time)
 
 
 def from_stored(array: Any, entry: dict) -> Any:
-    """The array that `to_stored` stored as `array` (already checked against
-    `storage_dtype(entry)`): a NumPy array, or a JAX array of typed PRNG keys."""
+    """The array that `to_stored` stored as `array` (of `storage_dtype(entry)`): a
+    NumPy array, or a JAX array of typed PRNG keys."""
     dtype = entry["dtype"]
     if dtype == "key":
         impl = entry["key_impl"]
@@ -269,7 +223,7 @@ def from_stored(array: Any, entry: dict) -> Any:
             array.ndim >= 1 and array.shape[-1] == 2,
             f"the tensor {entry['name']!r} (complex128) has no trailing axis of 2",
         )
-        return _contiguous(array).view(_COMPLEX128)[..., 0]
+        return np.ascontiguousarray(array).view(np.complex128)[..., 0]
     if dtype in _BYTE_VIEWS and isinstance(array, np.ndarray):
         return array.view(_BYTE_VIEWS[dtype])
     return array
@@ -280,98 +234,242 @@ def finish_leaf(value: Any, entry: dict) -> Any:
     saved leaf was one."""
     if "python" in entry:
         expect(np.ndim(value) == 0, f"the Python scalar {entry['name']!r} is not 0-d")
-        value = _PYTHON_SCALARS[entry["python"]](np.asarray(value).item())
+        value = _FROM_PYTHON[entry["python"]](np.asarray(value).item())
     if "unit" in entry:
         value = u.Quantity(value, unit=parse_unit(entry["unit"]))
     return value
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    """`dtype.name`, cached (NumPy computes it anew each time)."""
-    name = _NAMES.get(dtype)
-    if name is None:
-        name = _NAMES[dtype] = dtype.name
-    return name
-
-
-_NAMES: dict[np.dtype, str] = {}
+def is_plain(entry: dict) -> bool:
+    """Whether the leaf of `entry` is an array of a dtype NumPy reads (no unit, key
+    or Python scalar): it can be read lazily, and its shape is the stored one."""
+    return len(entry) == 3 and entry["dtype"] in _NATIVE  # (name, dtype, path)
 
 
 # ----------------------------------------------------------------------------- units
 
+_SI = ("m", "kg", "s", "A", "K", "mol", "cd")  # `brainunit.Dimension`'s base names
 
-def _unit_record(unit: u.Unit) -> dict:
-    parts = unit._display_parts  # no public accessor; needed to rebuild the name
+
+def unit_record(unit: u.Unit) -> dict:
+    """What a checkpoint records of a `brainunit.Unit`, read through its public
+    attributes: its text, the exponents of its dimension, its scale and factor."""
     return {
         "repr": str(unit),
-        "dim": [float(x) for x in np.asarray(unit.dim._dims)],
+        "dim": [float(unit.dim.get_dimension(n)) for n in _SI],
         "scale": unit.scale,
-        "base": float(unit.base),
         "factor": float(unit.factor),
-        "name": unit.name,
-        "dispname": unit.dispname,
-        "is_fullname": bool(unit.is_fullname),
-        "display_parts": None
-        if parts is None
-        else [[str(n), str(d), float(e)] for n, d, e in parts],
     }
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_unit_record(record: Any) -> None:
-    expect(isinstance(record, dict), "a unit record is not a JSON object")
-    what = f"the unit record {record.get('repr')!r}"
-    dim = record.get("dim")
-    expect(
-        isinstance(dim, list) and len(dim) == 7 and all(map(_is_number, dim)),
-        f"{what} has no valid 'dim' (7 numbers)",
-    )
-    for field in ("scale", "base", "factor"):
-        expect(_is_number(record.get(field)), f"{what} has no valid {field!r}")
-    for field in ("name", "dispname"):
-        expect(isinstance(record.get(field), str), f"{what} has no valid {field!r}")
-    expect(isinstance(record.get("is_fullname"), bool), f"{what} has no 'is_fullname'")
-    parts = record.get("display_parts")
-    expect(
-        parts is None
-        or isinstance(parts, list)
-        and all(
-            isinstance(p, list)
-            and len(p) == 3
-            and isinstance(p[0], str)
-            and isinstance(p[1], str)
-            and _is_number(p[2])
-            for p in parts
-        ),
-        f"{what} has invalid 'display_parts'",
-    )
-
-
 def parse_unit(record: dict) -> u.Unit:
-    """Rebuilds a `brainunit.Unit` from its (checked) metadata record."""
+    """Rebuilds a unit from its (checked) record through brainunit's public
+    constructors: brainunit's own unit of that text (`u.Unit(text)`, which parses
+    names and never evaluates) when it is the recorded unit, else a unit built from the
+    numbers (`u.Unit(dim, scale=, factor=)`) and displayed as the text."""
+    dim = u.get_or_create_dimension([float(x) for x in record["dim"]])
+    text, scale, factor = record["repr"], record["scale"], record["factor"]
+    scale = int(scale) if float(scale).is_integer() else float(scale)
+    try:
+        parsed = u.Unit(text) if len(text) <= 200 else None  # (bounded work)
+    except (ValueError, TypeError, KeyError, RecursionError):
+        parsed = None
+    if (
+        parsed is not None
+        and parsed.dim == dim
+        and (parsed.scale, parsed.factor) == (scale, factor)
+        and str(parsed) == text
+    ):
+        return parsed
+    try:
+        return u.Unit(dim, scale=scale, factor=factor, name=text, dispname=text)
+    except (ValueError, TypeError) as e:
+        raise BadFile(f"the unit record {text!r} is not a valid unit ({e})") from None
 
-    def number(x):
-        return int(x) if float(x).is_integer() else float(x)
 
-    parts = record["display_parts"]
-    return u.Unit(
-        dim=u.get_or_create_dimension([float(x) for x in record["dim"]]),
-        scale=number(record["scale"]),
-        base=float(record["base"]),
-        factor=float(record["factor"]),
-        name=record["name"],
-        dispname=record["dispname"],
-        is_fullname=record["is_fullname"],
-        display_parts=None
-        if parts is None
-        else [(n, d, number(e)) for n, d, e in parts],
-    )
+# -------------------------------------------------------------------- the metadata
 
 
-# -------------------------------------------------------------------------- metadata
+def _number(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _path(x: Any) -> bool:
+    return _is_path(x)
+
+
+def _size(x: Any) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _tag(x: Any) -> bool:
+    return x is None or type(x) is str
+
+
+# The metadata, declared once: a dict is a JSON object with these keys (a key ending
+# in `?` may be absent), a list `[s]` a JSON list of `s`, a type an instance of it
+# (`bool` is not an `int` here), a frozenset the values allowed, `Each(s)` an object
+# whose every value is `s`, a function a check of the value. `check` reads it.
+class Each(NamedTuple):
+    schema: Any
+
+
+_UNIT = {
+    "repr": str,
+    "dim": lambda d: type(d) is list and len(d) == 7 and all(map(_number, d)),
+    "scale": _number,
+    "factor": lambda x: _number(x) and x > 0,
+    # written by earlier versions of this format; read and ignored
+    **dict.fromkeys(("base?",), _number),
+    **dict.fromkeys(("name?", "dispname?"), str),
+    "is_fullname?": bool,
+    "display_parts?": lambda x: x is None or type(x) is list,
+}
+_LEAF = {
+    "name": str,
+    "dtype": frozenset(KNOWN_DTYPES),
+    "unit?": _UNIT,
+    "python?": frozenset(_FROM_PYTHON),
+    "key_impl?": frozenset(_KEY_IMPLS),
+}
+SCHEMA = {
+    "format": frozenset([FORMAT]),
+    "version": int,
+    "states": [
+        {
+            "path": _path,
+            "type": str,
+            "tag": _tag,
+            "shared": bool,
+            "ensemble_shape": lambda s: (
+                type(s) is list and all(_size(n) and n > 0 for n in s)
+            ),
+            "leaves": [_LEAF],
+        }
+    ],
+}
+STORED = Each({"shape": lambda s: type(s) is list and all(map(_size, s)), "dtype": str})
+
+
+def check(value: Any, schema: Any, where: str = "") -> None:
+    """`BadFile` naming the first place (`states[0].shared`) where `value` (parsed
+    JSON) breaks `schema`."""
+    if not _valid(value, schema):  # (a quick answer first: no message built)
+        _locate(value, schema, where)
+
+
+def _valid(value: Any, schema: Any) -> bool:
+    kind = type(schema)
+    if kind is dict:
+        if type(value) is not dict:
+            return False
+        for key in value:
+            if key not in schema and key + "?" not in schema:
+                return False
+        for key, sub in schema.items():
+            if key[-1] == "?":
+                key = key[:-1]
+                if key not in value:
+                    continue
+            elif key not in value:
+                return False
+            if not _valid(value[key], sub):
+                return False
+        return True
+    if kind is list:
+        sub = schema[0]
+        return type(value) is list and all(_valid(x, sub) for x in value)
+    if kind is Each:
+        sub = schema.schema
+        return type(value) is dict and all(_valid(x, sub) for x in value.values())
+    if kind is frozenset:
+        return type(value) is str and value in schema
+    if kind is type:
+        return type(value) is schema
+    return bool(schema(value))
+
+
+def _locate(value: Any, schema: Any, where: str) -> None:
+    """`check`'s message: the first place where `value` breaks `schema`."""
+    if type(schema) is dict:
+        _expect_at(type(value) is dict, where, "is not a JSON object")
+        unknown = sorted(k for k in value if k not in schema and k + "?" not in schema)
+        _expect_at(not unknown, where, f"has unknown fields {unknown}")
+        for key, sub in schema.items():
+            name = key.rstrip("?")
+            if name in value:
+                _locate(value[name], sub, f"{where}.{name}" if where else name)
+            else:
+                _expect_at(key[-1] == "?", where, f"has no {name!r}")
+    elif type(schema) is list:
+        _expect_at(type(value) is list, where, "is not a list")
+        for i, item in enumerate(value):
+            _locate(item, schema[0], f"{where}[{i}]")
+    elif type(schema) is Each:
+        _expect_at(type(value) is dict, where, "is not a JSON object")
+        for key, item in value.items():
+            _locate(item, schema.schema, f"{where}[{key!r}]")
+    elif type(schema) is frozenset:
+        ok = type(value) is str and value in schema
+        _expect_at(ok, where, f"is {value!r}, which is not one of {sorted(schema)}")
+    elif isinstance(schema, type):
+        _expect_at(type(value) is schema, where, f"is not a {schema.__name__}")
+    else:
+        _expect_at(schema(value), where, f"is not valid ({str(value)[:100]})")
+
+
+def _expect_at(cond: bool, where: str, problem: str) -> None:
+    if not cond:
+        raise BadFile(f"its metadata is invalid: {where or 'it'} {problem}")
+
+
+def loads(text: Any) -> list[tuple[dict, dict]]:
+    """Parses and checks the metadata text of a checkpoint: the `(leaf entry, state
+    record)` of each tensor, in order, each entry with its leaf's `path` added;
+    `BadFile` if anything is off."""
+    expect(isinstance(text, str), f"it has no {METADATA_KEY!r} metadata")
+    try:
+        metadata = json.loads(text)
+    except (ValueError, RecursionError) as e:  # (a hostile text may nest deeply)
+        raise BadFile(f"its metadata is not valid JSON ({e})") from None
+    return entries(metadata)
+
+
+def entries(metadata: Any) -> list[tuple[dict, dict]]:
+    """`loads` for parsed metadata."""
+    version = metadata.get("version") if type(metadata) is dict else None
+    if type(version) is int and version != VERSION:
+        expect(
+            version < VERSION,
+            f"it was written in format version {version}, but this version of "
+            f"`eqx_collective` reads version {VERSION}; upgrade `eqx_collective`",
+        )
+        raise BadFile(
+            f"it was written in format version {version}, which this version of "
+            f"`eqx_collective` no longer reads (it reads version {VERSION})"
+        )
+    check(metadata, SCHEMA)
+    out, names = [], set()
+    for record in metadata["states"]:
+        path = tuple(record["path"])
+        for e in record["leaves"]:
+            expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
+            names.add(e["name"])
+            leaf_path = path_of_name(e["name"])
+            expect(
+                leaf_path[: len(path)] == path,
+                f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
+            )
+            expect(
+                (e["dtype"] == "key") == ("key_impl" in e),
+                f"the tensor {e['name']!r} has a 'key_impl' only if its dtype is 'key'",
+            )
+            e["path"] = leaf_path
+            out.append((e, record))
+    return out
+
+
+# --------------------------------------------------------------------------- saving
 
 
 class Saved(NamedTuple):
@@ -388,8 +486,7 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
     records = []
     for path, state in found:
         leaves = []
-        value = object.__getattribute__(state, "__dict__")["value"]
-        for leaf_path, leaf in iter_value_leaves(path, value):
+        for leaf_path, leaf in iter_value_leaves(path, field(state, "value")):
             try:
                 name = tensor_name(normal_path(leaf_path))
             except TypeError as e:
@@ -407,129 +504,21 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
                 )
             arrays[name], entry = to_stored(leaf_path, leaf, host=host)
             leaves.append({"name": name, **entry})
-        records.append(_state_record(path, state, leaves))
+        records.append(
+            {
+                "path": list(normal_path(path)),
+                "type": type(state).__name__,
+                "tag": field(state, "tag"),
+                "shared": bool(
+                    field(state, "shared") or isinstance(state, NonBatchState)
+                ),
+                "ensemble_shape": list(field(state, "ensemble_shape")),
+                "leaves": leaves,
+            }
+        )
     metadata = {"format": FORMAT, "version": VERSION, "states": records}
     return Saved(metadata, arrays)
 
 
-def _state_record(path: Path, state: State, leaves: list[dict]) -> dict:
-    fields = object.__getattribute__(state, "__dict__")  # (`eqx.Module`'s is slow)
-    return {
-        "path": list(normal_path(path)),
-        "type": type(state).__name__,
-        "tag": fields["tag"],
-        "shared": bool(fields["shared"] or is_shared(state)),
-        "ensemble_shape": list(fields["ensemble_shape"]),
-        "leaves": leaves,
-    }
-
-
 def dumps(metadata: dict) -> str:
     return json.dumps(metadata, allow_nan=False, separators=(",", ":"))
-
-
-_STATE_FIELDS = {"path", "type", "tag", "shared", "ensemble_shape", "leaves"}
-_LEAF_FIELDS = {"name", "dtype", "unit", "python", "key_impl"}
-
-
-def loads(text: Any) -> dict:
-    """Parses and checks the metadata text of a checkpoint; `BadFile` if anything is
-    off. Returns the metadata, whose `'states'` records are checked."""
-    expect(isinstance(text, str), f"it has no {METADATA_KEY!r} metadata")
-    try:
-        metadata = json.loads(text)
-    except (ValueError, RecursionError) as e:  # (a hostile text may nest deeply)
-        raise BadFile(f"its metadata is not valid JSON ({e})") from None
-    return check_metadata(metadata)
-
-
-def check_metadata(metadata: Any) -> dict:
-    """Checks parsed metadata (see `loads`)."""
-    expect(isinstance(metadata, dict), "its metadata is not a JSON object")
-    expect(
-        metadata.get("format") == FORMAT,
-        f"its metadata's format is {metadata.get('format')!r}, not {FORMAT!r}",
-    )
-    version = metadata.get("version")
-    expect(type(version) is int, "its metadata has no format version")
-    expect(
-        version <= VERSION,
-        f"it was written in format version {version}, but this version of "
-        f"`eqx_collective` reads version {VERSION}; upgrade `eqx_collective` to "
-        f"load it",
-    )
-    expect(
-        version == VERSION,
-        f"it was written in format version {version}, which this version of "
-        f"`eqx_collective` no longer reads (it reads version {VERSION})",
-    )
-    records = metadata.get("states")
-    expect(isinstance(records, list), "its metadata has no 'states' list")
-    names = set()
-    for record in records:
-        _check_state_record(record)
-        for entry in record["leaves"]:
-            if entry["name"] in names:
-                raise BadFile(f"the tensor {entry['name']!r} is listed twice")
-            names.add(entry["name"])
-    return metadata
-
-
-def _check_state_record(r: Any) -> None:
-    if not (
-        type(r) is dict
-        and r.keys() == _STATE_FIELDS
-        and is_json_path(r["path"])
-        and isinstance(r["type"], str)
-        and (r["tag"] is None or isinstance(r["tag"], str))
-        and isinstance(r["shared"], bool)
-        and isinstance(r["ensemble_shape"], list)
-        and (
-            not r["ensemble_shape"]
-            or all(type(n) is int and n > 0 for n in r["ensemble_shape"])
-        )
-        and isinstance(r["leaves"], list)
-    ):
-        raise BadFile(f"its metadata has an invalid state record {str(r)[:200]}")
-    path = tuple(r["path"])
-    n = len(path)
-    for e in r["leaves"]:  # (messages built only on failure: this is the hot loop)
-        if not (type(e) is dict and isinstance(e.get("name"), str)):
-            raise BadFile(
-                f"the state {path_repr(path)} has an invalid leaf entry {str(e)[:200]}"
-            )
-        leaf_path = path_of_name(e["name"])
-        if leaf_path[:n] != path:
-            raise BadFile(
-                f"the tensor {e['name']!r} is not below its state {path_repr(path)}"
-            )
-        if len(e) != 2 or e.get("dtype") not in _PLAIN:
-            _check_leaf_entry(e)
-        e["path"] = leaf_path  # checked: kept for the reader
-
-
-_PLAIN = frozenset(_NATIVE) | frozenset(_BYTE_VIEWS) | {"complex128"}
-
-
-def _check_leaf_entry(e: dict) -> None:
-    """The checks of a leaf entry other than `{"name", "dtype"}` of an array."""
-    name = e["name"]
-    expect(
-        set(e) <= _LEAF_FIELDS,
-        f"the tensor {name!r} has unknown fields {sorted(set(e) - _LEAF_FIELDS)}",
-    )
-    expect(
-        e.get("dtype") in _KNOWN,
-        f"the tensor {name!r} has the unknown dtype {e.get('dtype')!r}",
-    )
-    expect(
-        (e["dtype"] == "key") == ("key_impl" in e)
-        and e.get("key_impl", _KEY_IMPLS[0]) in _KEY_IMPLS,
-        f"the tensor {name!r} has an invalid 'key_impl'",
-    )
-    expect(
-        e.get("python", "int") in _PYTHON_SCALARS,
-        f"the tensor {name!r} has an invalid 'python' field",
-    )
-    if "unit" in e:
-        _check_unit_record(e["unit"])

@@ -10,15 +10,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _checkpoint_format as fmt
-from ._checkpoint import (
-    check_path,
-    collect_states,
-    File,
-    finish_load,
-    LoadResult,
-    Rename,
-    renamed,
-)
+from ._checkpoint import collect_states, finish_load, LoadResult, Rename, renamed
 from ._filters import Filter
 from ._paths import iter_value_leaves, Path
 from ._views import states as _states
@@ -35,7 +27,7 @@ def _orbax(op: str):
     return ocp
 
 
-def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
+def save_sharded(directory: str | os.PathLike, model: PyTree, *filters: Filter) -> None:
     """Saves the values of `model`'s states to an [orbax](https://orbax.readthedocs.io)
     checkpoint directory, each array written from the devices that hold it: a sharded
     ensemble (see [`eqx_collective.shard_ensemble`][]) is never gathered to one host.
@@ -44,7 +36,7 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
     What is saved, and the metadata recorded, are as for
     [`eqx_collective.save_states`][] (the same JSON, in the directory's `metadata`
     item, with the stored shape and dtype of each tensor under `"stored"`); the arrays
-    are in the `arrays` item, named `"0"`, `"1"`, ... in the order of the metadata.
+    are in the `arrays` item, under the tensor names of `save_states`.
     Needs the `orbax` extra: `pip install 'eqx_collective[orbax]'`.
 
     **Arguments:**
@@ -66,7 +58,7 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
         ensemble = ec.load_sharded("/checkpoints/step_100", ensemble).model
         ```
     """
-    check_path(directory, "save_sharded")
+    _check_path(directory, "save_sharded")
     ocp = _orbax("save_sharded")
     saved = collect_states(model, filters, "save_sharded", host=False)
     metadata = dict(saved.metadata)
@@ -74,7 +66,6 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
         name: {"shape": list(np.shape(a)), "dtype": np.dtype(a.dtype).name}
         for name, a in saved.arrays.items()
     }
-    arrays = {str(i): a for i, a in enumerate(saved.arrays.values())}
     target = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(os.path.dirname(target)):
         raise FileNotFoundError(
@@ -85,7 +76,7 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
         checkpointer.save(
             target,
             args=ocp.args.Composite(
-                arrays=ocp.args.PyTreeSave(arrays),
+                arrays=ocp.args.PyTreeSave(saved.arrays),
                 metadata=ocp.args.JsonSave(metadata),
             ),
             force=True,
@@ -93,7 +84,7 @@ def save_sharded(directory: File, model: PyTree, *filters: Filter) -> None:
 
 
 def load_sharded(
-    directory: File,
+    directory: str | os.PathLike,
     model: PyTree,
     *,
     strict: bool = False,
@@ -120,7 +111,7 @@ def load_sharded(
     **Raises:** as [`eqx_collective.load_states`][]; `FileNotFoundError` if
     `directory` is not a checkpoint directory; `ImportError` without orbax.
     """
-    check_path(directory, "load_sharded")
+    _check_path(directory, "load_sharded")
     ocp = _orbax("load_sharded")
     name = repr(os.fspath(directory))
     directory = os.path.abspath(os.fspath(directory))  # (orbax wants it absolute)
@@ -141,50 +132,50 @@ def load_sharded(
                 f"`load_sharded` cannot load {name}: {e}. Pass a directory written by "
                 f"`eqx_collective.save_sharded`."
             ) from None
-        values = {e["path"]: i for i, (e, _) in enumerate(entries)}
+        names = {e["path"]: e["name"] for e, _ in entries}
         records = {e["path"]: r for e, r in entries}
-        values, records = renamed("load_sharded", name, values, records, rename)
+        names, records = renamed("load_sharded", name, names, records, rename)
         targets = _target_leaves(model)
-        kept = {i: path for path, i in values.items()}  # (`rename` may drop some)
+        wanted = {n: targets.get(path) for path, n in names.items()}
         restore_args = {
-            str(i): _restore_arg(
-                ocp, targets.get(kept[i]) if i in kept else None, stored[i]
-            )
-            for i in range(len(entries))
-        }
+            n: _restore_arg(ocp, wanted.get(n), stored[n]) for n in stored
+        }  # (every array, as orbax restores them all: the unwanted to the host)
         args = ocp.args.Composite(
             arrays=ocp.args.PyTreeRestore(restore_args=restore_args)
         )
         arrays = checkpointer.restore(directory, args=args)["arrays"]
-    values = {p: _leaf(arrays[str(i)], entries[i][0]) for p, i in values.items()}
-    return finish_load(name, "load_sharded", model, values, records, strict=strict)
+    by_name = {e["name"]: e for e, _ in entries}
+    values = {p: _leaf(arrays[n], by_name[n]) for p, n in names.items()}
+    return finish_load(name, "load_sharded", model, values, records, strict)
 
 
-def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], list[dict]]:
-    """The `(entry, state record)` of each tensor, in order, and its stored shape and
-    dtype; `BadFile` if the metadata is invalid."""
+def _check_path(directory: Any, op: str) -> None:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"`{op}` takes the path of the checkpoint directory (a `str` or "
+            f"`os.PathLike`), but got {type(directory).__name__}."
+        )
+
+
+def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], dict[str, dict]]:
+    """The `(entry, state record)` of each tensor, in order, and the stored shape and
+    dtype of each tensor by name; `BadFile` if the metadata is invalid."""
     stored = metadata.get("stored") if isinstance(metadata, dict) else None
-    if not isinstance(stored, dict):
-        raise fmt.BadFile("its metadata has no 'stored' record")
-    metadata = fmt.check_metadata({k: v for k, v in metadata.items() if k != "stored"})
-    entries = [(e, r) for r in metadata["states"] for e in r["leaves"]]
+    fmt.check(stored, fmt.STORED, "its metadata's 'stored' record")
+    assert isinstance(metadata, dict) and isinstance(stored, dict)
+    entries = fmt.entries({k: v for k, v in metadata.items() if k != "stored"})
     fmt.expect(
         stored.keys() == {e["name"] for e, _ in entries},
         "its 'stored' record does not list the tensors of its metadata",
     )
-    shapes = []
     for e, _ in entries:
-        s = stored[e["name"]]
         fmt.expect(
-            isinstance(s, dict)
-            and s.keys() == {"shape", "dtype"}
-            and isinstance(s["shape"], list)
-            and all(type(n) is int and n >= 0 for n in s["shape"])
-            and s["dtype"] == ("uint32" if e["dtype"] == "key" else e["dtype"]),
-            f"the tensor {e['name']!r} has an invalid 'stored' record",
+            stored[e["name"]]["dtype"]
+            == ("uint32" if e["dtype"] == "key" else e["dtype"]),
+            f"the tensor {e['name']!r} is stored as {stored[e['name']]['dtype']}, but "
+            f"its metadata says {e['dtype']}",
         )
-        shapes.append(s)
-    return entries, shapes
+    return entries, stored
 
 
 def _target_leaves(model: PyTree) -> dict[Path, Any]:

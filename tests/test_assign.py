@@ -654,3 +654,49 @@ def test_numpy_values_move_to_the_device_once_and_the_last_value_wins():
     jitted = eqx.filter_jit(lambda m: ec.assign_state_values(m, values).model)
     with jax.checking_leaks():
         assert_trees_equal(jitted(model), ec.assign_state_values(model, values).model)
+
+
+class State:
+    """Stands for brainstate's `State` (not installed on every stack): a class named
+    `State` holding a `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_a_state_object_given_for_its_value_is_named_as_such():
+    model = make_model()
+    ours = model.layers[0].weight  # an `ec.ParamState` itself, not its value
+    theirs = State(model.h.value)
+    cases = [
+        ({"layers.0.weight": ours}, "'layers.0.weight'", "ParamState"),
+        ({"h": theirs}, "'h'", "State"),
+        ({"layers.0.weight": {"weight": ours, "bias": ours}}, "'layers.0.weight'", ""),
+    ]
+    for snapshot, where, name in cases:
+        with pytest.raises(ValueError) as info:
+            ec.assign_state_values(model, snapshot)
+        message = str(info.value)
+        assert f"at {where}: got a `{name}" in message, message
+        assert "pass its `.value`" in message and "with leaves" not in message
+    # what it holds goes in
+    fixed = ec.assign_state_values(
+        model, {"layers.0.weight": ours.value, "h": theirs.value}
+    )
+    assert fixed.unexpected == [] and fixed.converted == []
+
+
+def test_converted_lists_the_leaves_assigned_with_a_cast_or_a_unit_conversion():
+    model = make_model()
+    result = ec.assign_state_values(
+        model,
+        {
+            "layers.0.weight.bias": np.zeros(
+                model.layers[0].weight.value["bias"].shape, np.float16
+            )
+        },
+        {"layers.1.weight.bias": jnp.zeros_like(model.layers[1].weight.value["bias"])},
+    )
+    assert result.converted == [("layers", 0, "weight", "bias")]
+    model2, unexpected, missing = result
+    assert model2 is result.model

@@ -25,8 +25,8 @@ from helpers import run_on_devices
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
-from eqx_collective import _checkpoint_format as fmt
-from eqx_collective.testing import stateful_pairs
+from eqx_collective import _checkpoint_format as fmt, nn
+from eqx_collective.testing import module_trees, stateful_pairs
 
 
 class Linear(eqx.Module):
@@ -124,7 +124,7 @@ def test_save_load_round_trips_bit_exactly(seed, n_layers, ensemble):
     assert leaves(other) != leaves(model)
     result = round_trip(model, other)
     assert isinstance(result, ec.LoadResult)
-    loaded, unexpected, missing = result[:3]
+    loaded, unexpected, missing = result
     assert unexpected == missing == result.converted == []
     assert leaves(loaded) == leaves(model)
     assert jax.tree.structure(loaded) == jax.tree.structure(model)
@@ -174,7 +174,9 @@ def test_saving_overwrites_and_a_filter_saves_a_subset(tmp):
     ec.save_states(file, make_model(5))
     model = make_model(0)
     ec.save_states(file, model, ec.ParamState)
-    loaded, unexpected, missing, converted = ec.load_states(file, make_model(1))
+    result = ec.load_states(file, make_model(1))
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == [] and converted == []
     assert missing == [("h",), ("v",), ("count",), ("flag",)]
     assert leaves(loaded.layers) == leaves(model.layers)
@@ -469,11 +471,56 @@ def raw_file(file, header, data=b"", length=None):
     return file
 
 
-def test_checkpoints_are_paths():
-    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
-        ec.save_states(io.BytesIO(), make_model())
-    with pytest.raises(TypeError, match="takes the path of the checkpoint.*BytesIO"):
-        ec.load_states(io.BytesIO(), make_model())
+def test_checkpoints_go_to_paths_and_binary_file_objects(tmp):
+    model, other = make_model(0), make_model(1)
+    buffer = io.BytesIO()
+    ec.save_states(buffer, model)
+    ec.save_states(tmp(), model)
+    assert buffer.getvalue() == tmp().read_bytes()  # the same bytes either way
+    buffer.seek(0)
+    loaded, unexpected, missing = ec.load_states(buffer, other)
+    assert leaves(loaded) == leaves(model) and unexpected == missing == []
+    with open(tmp(), "rb") as f:
+        assert leaves(ec.load_states(f, other).model) == leaves(model)
+    with open(tmp("opened"), "wb") as f:
+        ec.save_states(f, model)
+    assert tmp("opened").read_bytes() == tmp().read_bytes()
+    # a file object is checked like a path, and named in the message
+    bad = io.BytesIO(b"not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="cannot load 'the BytesIO'.*not a valid"):
+        ec.load_states(bad, other)
+    with pytest.raises(TypeError, match="path of the checkpoint.*or a binary file"):
+        ec.save_states(3, model)
+    with pytest.raises(TypeError, match="open for reading, but got list"):
+        ec.load_states([], model)
+
+
+def test_saved_files_get_the_permissions_the_umask_gives(tmp):
+    old = os.umask(0o022)
+    try:
+        ec.save_states(tmp(), make_model())
+        with open(tmp("plain"), "wb"):
+            pass
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp()).st_mode & 0o777
+    assert mode == os.stat(tmp("plain")).st_mode & 0o777 == 0o644
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_nothing_behind(tmp, monkeypatch):
+    ec.save_states(tmp(), make_model(0))
+    before = tmp().read_bytes()
+
+    def crash(specs, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")  # a crash mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("eqx_collective._checkpoint.serialize_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ec.save_states(tmp(), make_model(1))
+    assert tmp().read_bytes() == before
+    assert os.listdir(tmp().parent) == [tmp().name]
 
 
 def test_missing_file_and_directory(tmp):
@@ -596,15 +643,19 @@ def test_invalid_metadata_is_refused(tmp):
         (lambda m: m.update(version=3), "version 3", "upgrade"),
         (lambda m: m.update(version=1), "version 1", "no longer reads"),
         (lambda m: m.update(format="other"), "format"),
-        (lambda m: m.update(states="x"), "'states'"),
-        (lambda m: m["states"][0].update(shared="yes"), "invalid state record"),
-        (lambda m: m["states"][0].update(extra=1), "invalid state record"),
-        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}), "'dim'"),
-        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "'name'"),
-        (set_(["h"], dtype="object"), "unknown dtype 'object'"),
+        (lambda m: m.update(states="x"), "states is not a list"),
+        (lambda m: m["states"][0].update(shared="yes"), "states[0].shared is not"),
+        (lambda m: m["states"][0].update(extra=1), "unknown fields ['extra']"),
+        (
+            set_(["v"], unit={**leaf(good, ["v"])["unit"], "dim": "__import__"}),
+            "unit.dim",
+        ),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "name": ["x"]}), "unit.name"),
+        (set_(["v"], unit={**leaf(good, ["v"])["unit"], "factor": 0}), "unit.factor"),
+        (set_(["h"], dtype="object"), "dtype is 'object'"),
         (set_(["h"], dtype="int32"), "'h' is stored as F32", "int32"),
         (set_(["h"], dtype="key"), "'key_impl'"),
-        (set_(["h"], python="eval"), "'python'"),
+        (set_(["h"], python="eval"), "python is 'eval'"),
         (set_(["h"], code="1"), "unknown fields ['code']"),
         (
             lambda m: m["states"][0]["leaves"].append(m["states"][0]["leaves"][0]),
@@ -655,7 +706,9 @@ def test_a_file_of_another_model(tmp):
     refused(tmp(), holder(jnp.zeros(1)), "none of its", "another model")
     # some keys in common: a partial load, reported
     fewer = make_model(1, n_layers=1)
-    loaded, unexpected, missing, converted = ec.load_states(tmp(), fewer)
+    result = ec.load_states(tmp(), fewer)
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == [
         ("layers", 1, "weight", "bias"),
         ("layers", 1, "weight", "weight"),
@@ -708,7 +761,9 @@ SHARDED = textwrap.dedent(
         path = os.path.join(d, "ckpt")
         ec.save_sharded(path, saved)
         ec.save_sharded(path, saved)  # overwrites
-        loaded, unexpected, missing, converted = ec.load_sharded(path, target)
+        result = ec.load_sharded(path, target)
+        loaded, unexpected, missing = result
+        converted = result.converted
         assert unexpected == missing == converted == [], (unexpected, missing)
         pairs = zip(jax.tree.leaves(loaded), jax.tree.leaves(saved), strict=True)
         for a, b in pairs:
@@ -787,7 +842,9 @@ BATCHNORM_LOAD = textwrap.dedent(
         return (mlp, bn), state
 
     fresh = make()
-    loaded, unexpected, missing, converted = ec.load_states(sys.argv[1], fresh, strict=True)
+    result = ec.load_states(sys.argv[1], fresh, strict=True)
+    loaded, unexpected, missing = result
+    converted = result.converted
     saved = np.load(sys.argv[2])
     leaves = ec.leaf_values(loaded)
     assert sorted(map(ec.path_str, leaves)) == sorted(saved.files), saved.files
@@ -851,7 +908,9 @@ def test_mixed_trees_round_trip_through_files(pair, seed):
         ),
         pair,
     )
-    loaded, unexpected, missing, converted = round_trip(other, pair, strict=True)
+    result = round_trip(other, pair, strict=True)
+    loaded, unexpected, missing = result
+    converted = result.converted
     assert unexpected == missing == converted == []
     saved, back = ec.leaf_values(other), ec.leaf_values(loaded)
     assert saved.keys() == back.keys() == ec.leaf_values(pair).keys()
@@ -860,3 +919,149 @@ def test_mixed_trees_round_trip_through_files(pair, seed):
         b = back[path].mantissa if isinstance(back[path], u.Quantity) else back[path]
         assert np.array_equal(np.asarray(a), np.asarray(b)), path
         assert np.asarray(a).dtype == np.asarray(b).dtype, path
+
+
+# -------------------------------------------------- as users use them (issue 23)
+
+
+@settings(max_examples=20)
+@given(module_trees(), st.booleans())
+def test_round_trips_through_file_objects_and_paths(tree, in_memory):
+    model = ec.init_all_states(tree, key=jax.random.key(0))
+    if not ec.leaf_values(model):  # nothing to save
+        return
+    other = jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, model)
+    if in_memory:
+        buffer = io.BytesIO()
+        ec.save_states(buffer, model)
+        buffer.seek(0)
+        result = ec.load_states(buffer, other, strict=True)
+    else:
+        result = round_trip(model, other, strict=True)
+    loaded, unexpected, missing = result
+    assert unexpected == missing == result.converted == []
+    assert leaves(loaded) == leaves(model)
+
+
+def test_load_and_assign_return_one_shape(tmp):
+    model = holder({"h": jnp.zeros(3, jnp.float32), "v": jnp.zeros(2) * u.mV})
+    given = {"h": jnp.ones(3, jnp.float16), "v": jnp.ones(2) * u.volt}
+    ec.save_states(tmp(), holder(given))
+    by_file = ec.load_states(tmp(), model)
+    by_dict = ec.assign_state_values(model, {"s": given})
+    for result in (by_file, by_dict):
+        assert len(result) == 3 and isinstance(result, ec.AssignResult)
+        loaded, unexpected, missing = result  # both unpack to three
+        assert result.converted == [("s", "h"), ("s", "v")]  # and name `converted`
+        assert "converted=[('s', 'h'), ('s', 'v')]" in repr(result)
+        assert np.allclose(loaded.s.value["v"].mantissa, 1000.0)
+        back = pickle.loads(pickle.dumps(result._replace(model=None)))
+        assert back.converted == result.converted and back.model is None
+    assert isinstance(by_file, ec.LoadResult)
+    assert ec.assign_state_values(model, {"s.h": jnp.ones(3)}).converted == []
+
+
+def test_a_state_the_model_has_not_created_is_refused_naming_init_all_states(tmp):
+    key = jax.random.key(0)
+    trained = ec.init_all_states(
+        nn.Sequential(nn.Linear(2, 3, key=key), nn.GRUCell(3, 4, key=key)),
+        batch_size=2,
+    )
+    ec.save_states(tmp(), trained)
+    fresh = nn.Sequential(nn.Linear(2, 3, key=key), nn.GRUCell(3, 4, key=key))
+    assert fresh.layers[1].h is None
+    for strict in (False, True):
+        message = refused(
+            tmp(), fresh, "'layers.1.h'", "init_all_states", strict=strict
+        )
+        assert message.count("'layers.1.h'") == 1
+    # created first, it loads; or the hidden state is left out on purpose
+    ready = ec.init_all_states(fresh, batch_size=2)
+    assert leaves(ec.load_states(tmp(), ready).model) == leaves(trained)
+    skip = ec.load_states(tmp(), fresh, rename=lambda p: None if p[-1] == "h" else p)
+    assert skip.unexpected == [] and skip.model.layers[1].h is None
+
+
+def test_load_errors_name_load_states_once_and_whole(tmp):
+    ec.save_states(tmp(), make_model(0, n_layers=2))
+    message = refused(tmp(), make_model(1, n_layers=1), strict=True)
+    first = message.splitlines()[0]
+    assert first.startswith("`load_states(..., strict=True)` found in ")
+    assert "assign_state_values" not in message
+    assert message.count(first) == 1
+    wider = eqx.tree_at(lambda m: m.h, make_model(0), ec.HiddenState(jnp.zeros(5)))
+    message = refused(tmp(), wider)
+    assert message.startswith("`load_states` refused 1 value(s) in ")
+    assert "assign_state_values" not in message
+    assert len(set(message.splitlines())) == len(message.splitlines())
+
+
+def test_an_abstract_template_loads_without_initialising_the_model(tmp):
+    model = make_model(0, n_layers=3)
+    ec.save_states(tmp(), model)
+    template = eqx.filter_eval_shape(make_model, 1, 3)
+    assert isinstance(template.h.value, jax.ShapeDtypeStruct)
+    result = ec.load_states(tmp(), template, strict=True)
+    assert result.unexpected == result.missing == result.converted == []
+    assert leaves(result.model) == leaves(model)
+    assert isinstance(result.model.h.value, jax.Array)
+
+
+def test_an_optax_run_resumes_exactly(tmp):
+    import optax
+
+    optimiser = optax.adam(1e-2)
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+
+    @eqx.filter_jit
+    def step(mlp, opt_state):
+        grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(mlp)
+        updates, opt_state = optimiser.update(grads, opt_state, mlp)
+        return eqx.apply_updates(mlp, updates), opt_state
+
+    def fresh(seed):
+        mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(seed))
+        return mlp, optimiser.init(eqx.filter(mlp, eqx.is_array))
+
+    with jax.numpy_dtype_promotion("standard"):  # (optax's Adam needs it)
+        run = fresh(0)
+        for _ in range(3):
+            run = step(*run)
+        ec.save_states(tmp(), run)
+        resumed = ec.load_states(tmp(), fresh(1), strict=True).model
+        for _ in range(3):
+            run, resumed = step(*run), step(*resumed)
+    assert leaves(resumed) == leaves(run)
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        u.metre,  # base
+        u.siemens,  # derived
+        u.mV,  # scaled
+        u.mV / u.ms,  # compound
+        u.uS / u.cm**2,
+        u.meter**2 * u.kilogram / u.ampere,  # compound without a name
+        u.Unit(scale=3),  # dimensionless with a scale
+        u.mV / u.volt,
+        u.hour,  # a factor
+        u.meter**0.5,
+        u.UNITLESS,
+    ],
+    ids=str,
+)
+def test_units_round_trip_through_public_brainunit(tmp, unit):
+    model = holder(jnp.arange(3.0) * unit)
+    ec.save_states(tmp(), model)
+    loaded = ec.load_states(tmp(), holder(jnp.zeros(3) * unit)).model.s.value
+    assert str(loaded.unit) == str(unit) and loaded.unit == unit
+    assert (loaded.unit.dim, loaded.unit.scale, loaded.unit.factor) == (
+        unit.dim,
+        unit.scale,
+        unit.factor,
+    )
+    assert np.array_equal(loaded.mantissa, model.s.value.mantissa)
+    with safetensors.safe_open(tmp(), framework="np") as f:
+        (record,) = json.loads(f.metadata()["eqx_collective"])["states"][1]["leaves"]
+    assert record["unit"].keys() == {"repr", "dim", "scale", "factor"}
