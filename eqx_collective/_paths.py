@@ -145,16 +145,19 @@ def flatten_value(value: Any) -> tuple[list, PyTreeDef, tuple[Path, ...]]:
             layout = _DICT_LAYOUTS[keys] = (treedef, tuple((k,) for k in keys))
         return [value[k] for k in keys], layout[0], layout[1]
     leaves, treedef = jtu.tree_flatten(value, is_leaf=is_value_leaf)
-    subpaths = _SUBPATHS.get(treedef)
+    # (Keyed by the text too: treedefs compare dict keys with `==`, so `{False: x}`
+    # and `{0: x}` are equal structures whose paths differ.)
+    cached = (treedef, str(treedef))
+    subpaths = _SUBPATHS.get(cached)
     if subpaths is None:
         flat = jtu.tree_flatten_with_path(value, is_leaf=is_value_leaf)[0]
-        subpaths = _SUBPATHS[treedef] = tuple(keypath_to_path(kp) for kp, _ in flat)
+        subpaths = _SUBPATHS[cached] = tuple(keypath_to_path(kp) for kp, _ in flat)
     return leaves, treedef, subpaths
 
 
 _LEAF_TREEDEF = jtu.tree_structure(0)
 _DICT_LAYOUTS: dict[tuple, tuple[PyTreeDef, tuple[Path, ...]]] = {}
-_SUBPATHS: dict[PyTreeDef, tuple[Path, ...]] = {}
+_SUBPATHS: dict[tuple[PyTreeDef, str], tuple[Path, ...]] = {}
 
 
 def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:

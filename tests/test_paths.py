@@ -56,3 +56,16 @@ def test_path_hash_is_stable_across_processes():
         assert out.returncode == 0, out.stderr
         outs.add(int(out.stdout))
     assert outs == {path_hash(("layers", 3, "w"))}
+
+
+def test_equal_structures_with_keys_of_other_types_keep_their_own_paths():
+    # `jax.tree_util` treedefs compare dict keys with `==`: `{False: x} == {0: x}`.
+    import brainunit as u
+    import jax.numpy as jnp
+
+    from eqx_collective._paths import flatten_value
+
+    x = u.Quantity(jnp.ones(2), unit=u.mV)
+    assert flatten_value({False: x})[2] == ((False,),)
+    assert flatten_value({0: x})[2] == ((0,),)
+    assert flatten_value({1.5: x, 2: [x]})[2] == ((1.5,), (2, 0))
