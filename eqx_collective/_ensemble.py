@@ -16,8 +16,8 @@ import jax
 import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jax.extend.core import find_top_trace
 import numpy as np
+from jax.extend.core import find_top_trace
 from jaxtyping import ArrayLike, Bool, Int, PyTree
 
 from ._checks import positive_int
@@ -104,7 +104,7 @@ def _levels(path: Path, s: State) -> tuple[tuple[int, ...], tuple[int, ...]] | N
             "another structure, which its ensemble record does not describe. " + _BUILD
         )
     else:
-        seen = {len(x.shape) - r for x, r in zip(leaves, ranks)}
+        seen = {len(x.shape) - r for x, r in zip(leaves, ranks, strict=True)}
         seen = seen.pop() if len(seen) == 1 else -1
         if not 0 <= seen <= n:
             raise ValueError(_no_level(path, s, leaves, None))

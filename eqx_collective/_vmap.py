@@ -16,8 +16,8 @@ from ._ensemble import (
     place,
     rewrite,
     split_members,
-    view,
     View,
+    view,
 )
 from ._fields import replace_fields
 from ._filters import Filter, to_predicate
