@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray, PyTree
 
+from ._ensemble import rewrite, single_view
 from ._fields import ClassCache, fields, method
 from ._filters import Filter, to_predicate
 from ._ordered_method import OrderedMethod
@@ -293,7 +294,7 @@ def call_all_fns(
     """
     call = Call.make("call_all_fns", fn_name, args, kwargs, key, node_to_exclude,
                      fn_if_not_exist)  # fmt: skip
-    return call_all(target, call, key)
+    return _on_one_model(target, call, key, "`vmap_call_all_fns`")
 
 
 class Call(NamedTuple):
@@ -311,6 +312,17 @@ class Call(NamedTuple):
         """Checks the arguments of the public operation `op` (see `call_all_fns`)."""
         args, kwargs = _check_arguments(fn_name, args, kwargs, fn_if_not_exist, op, key)
         return cls(op, fn_name, args, kwargs, node_to_exclude, fn_if_not_exist)
+
+
+def _on_one_model(target: T, call: Call, key: PRNGKeyArray | None, instead: str) -> T:
+    """`call_all` for a public operation on one model: an ensemble is refused, naming
+    `instead`. A member seen inside a transform over the members is one model; its
+    result is recorded as such, so that the transform's output is an ensemble whose
+    record matches its arrays (a member's `init_state` may change its ranks, say by a
+    batch axis, or create states)."""
+    at = single_view(target, call.op, instead)
+    out = call_all(target, call, key)
+    return rewrite(out, at) if at is not None and at.mapped else out
 
 
 def call_all(target: T, call: Call, key: PRNGKeyArray | None) -> T:
@@ -363,6 +375,7 @@ def collect_all_fns(
     """
     call = Call.make("collect_all_fns", fn_name, args, kwargs, key, node_to_exclude,
                      fn_if_not_exist)  # fmt: skip
+    single_view(target, call.op, "`collect_all_fns(ec.member(ensemble, i), ...)`")
     return {
         path: _invoke(node, path, fn_name, call.args, call.kwargs, key, call.op)
         for calls in _plan(target, call)
@@ -394,7 +407,8 @@ def init_all_states(
     """
     call = Call.make("init_all_states", "init_state", args, kwargs, key,
                      node_to_exclude, "pass")  # fmt: skip
-    return call_all(target, call, key)
+    instead = "`vmap_init_all_states` (every member, each with its own key)"
+    return _on_one_model(target, call, key, instead)
 
 
 def reset_all_states(
@@ -413,4 +427,4 @@ def reset_all_states(
     """
     call = Call.make("reset_all_states", "reset_state", args, kwargs, key,
                      node_to_exclude, "pass")  # fmt: skip
-    return call_all(target, call, key)
+    return _on_one_model(target, call, key, "`vmap_reset_all_states`")

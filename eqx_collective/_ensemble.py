@@ -9,7 +9,7 @@ is the ensemble axis, as in Equinox's own recipes.
 
 import operator
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
@@ -17,12 +17,13 @@ import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.extend.core import find_top_trace
 from jaxtyping import ArrayLike, Bool, Int, PyTree
 
 from ._checks import positive_int
 from ._fields import replace_fields
-from ._paths import is_state, iter_leaves, path_repr
-from ._state import is_shared, State
+from ._paths import is_state, iter_leaves, Path, path_repr
+from ._state import array_leaves, is_shared, member_ranks, State
 from ._walk import iter_states, map_states
 
 
@@ -54,38 +55,207 @@ def split_members(tree: PyTree) -> tuple[PyTree, PyTree]:
 
 
 # ------------------------------------------------------------------- the record
+#
+# A state records its ensemble axes (`ensemble_shape`, outermost first) and the rank of
+# its array leaves in one member (`member_ranks`). Both are static, so JAX's transforms
+# leave them as they were: inside `eqx.filter_vmap`, `jax.vmap` or `jax.lax.scan` over
+# the members, the record still names the axes the transform mapped away. The rank an
+# array has *there*, less the member's rank, is the number of levels still present: the
+# innermost ones, since every transform maps the leading axis. The leading sizes are
+# then checked against those levels. (A shape check alone could not tell: a batch of 4
+# inside a 4-member vmap looks like the ensemble.)
 
 
-def _recorded(tree: PyTree) -> tuple[tuple[int, ...], Any] | None:
-    """`(ensemble_shape, ensemble_sharding)` that the batched states of `tree` record,
-    or `None` if it holds no batched state. Refuses records that disagree."""
-    first = None
+class View(NamedTuple):
+    """The ensemble levels of a tree, read from its record against the arrays the
+    caller actually holds."""
+
+    mapped: tuple[int, ...]  # outer levels a transform has mapped away
+    present: tuple[int, ...]  # levels the arrays still carry, outermost first
+    field: Any  # the recorded `ensemble_sharding` (of the outermost recorded level)
+
+    @property
+    def sharding(self) -> Any:
+        """The placement of the outermost present level (none inside a transform)."""
+        return None if self.mapped else self.field
+
+    def kept(self, present: tuple[int, ...], sharding: Any = None) -> "View":
+        """This view with other present levels: the recorded placement is kept inside
+        a transform (it is the mapped level's), else `sharding` is the new one."""
+        return View(self.mapped, present, self.field if self.mapped else sharding)
+
+
+def _levels(path: Path, s: State) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """`(mapped, present)` for one batched state; `None` if it holds no array (a
+    placeholder left by `partition`), which tells nothing."""
+    shape = s.ensemble_shape
+    if not shape:
+        return (), ()
+    leaves = array_leaves(s.value)
+    if not leaves:
+        return None
+    ranks, n = s.member_ranks, len(shape)
+    if ranks is None:  # made by a subclass's own `__init__`: it holds every level
+        seen = n
+    elif len(ranks) != len(leaves):
+        raise ValueError(
+            f"The state at path {path_repr(path)} records {len(ranks)} array leaves "
+            f"per member but holds {len(leaves)}: its value was replaced by one of "
+            "another structure, which its ensemble record does not describe. " + _BUILD
+        )
+    else:
+        seen = {len(x.shape) - r for x, r in zip(leaves, ranks, strict=True)}
+        seen = seen.pop() if len(seen) == 1 else -1
+        if not 0 <= seen <= n:
+            raise ValueError(_no_level(path, s, leaves, None))
+        if seen < n and _at_top_level():  # no transform runs: none mapped an axis
+            raise ValueError(_no_level(path, s, leaves, n))
+    present = shape[n - seen :]
+    for x in leaves:
+        if tuple(x.shape[:seen]) != present:
+            raise ValueError(_no_level(path, s, leaves, seen))
+    return shape[: n - seen], present
+
+
+def _at_top_level() -> bool:
+    """Whether no JAX transform is running (JAX's current trace is its eval trace).
+    Checked only when a state shows fewer levels than it records, with public APIs:
+    arrays made inside `jax.vmap` from constants are concrete, so the arrays alone
+    cannot tell."""
+    with jax.core.eval_context():
+        top = find_top_trace(())
+    return find_top_trace(()) is top
+
+
+def _no_level(path: Path, s: State, leaves: list, seen: int | None) -> str:
+    shapes = [tuple(x.shape) for x in leaves]
+    shape = s.ensemble_shape
+    lead = shape[len(shape) - seen] if seen else None
+    return (
+        f"The state at path {path_repr(path)} records ensemble axes {shape} over "
+        f"members whose arrays have ranks {s.member_ranks}, but holds arrays of shapes "
+        f"{shapes}"
+        + (
+            f", so it does not lead with an ensemble axis of {lead}"
+            if lead is not None
+            else ", which match no number of its ensemble levels"
+        )
+        + ". Its record and its arrays disagree: its value was changed outside the "
+        "operations that keep them in step, or a transform mapped an axis other than "
+        "the leading (ensemble) one. " + _BUILD
+    )
+
+
+def view(tree: PyTree) -> View | None:
+    """The ensemble levels of `tree` as its batched states record them, or `None` if it
+    holds no batched state. Refuses states whose records disagree."""
+    found, fresh, blind = None, None, None
     for path, s in iter_states(tree, views=False):
         if is_shared(s):
             continue
-        if first is None:
-            first = (path, s.ensemble_shape, s.ensemble_sharding)
-        elif s.ensemble_shape != first[1]:
-            raise ValueError(
-                f"The state at path {path_repr(first[0])} records ensemble axes "
-                f"{first[1]} but the one at {path_repr(path)} records "
-                f"{s.ensemble_shape}: the tree mixes members of different ensembles. "
-                + _BUILD
-            )
-    return None if first is None else first[1:]
+        levels = _levels(path, s)
+        if levels is None:
+            blind = blind or View((), s.ensemble_shape, s.ensemble_sharding)
+        elif not s.ensemble_shape:
+            fresh = fresh or path
+        elif found is None:
+            found = (path, View(*levels, s.ensemble_sharding))
+        elif levels != found[1][:2]:
+            raise ValueError(_mixed(found[0], found[1], path, View(*levels, None)))
+    if found is None:
+        return View((), (), None) if fresh is not None else blind
+    if fresh is not None and found[1].present:
+        raise ValueError(_mixed(found[0], found[1], fresh, View((), (), None)))
+    return found[1]
+
+
+def _mixed(p0: Path, v0: View, p1: Path, v1: View) -> str:
+    def say(v):
+        seen = f"ensemble axes {v.present}" if v.present else "no ensemble axis"
+        return seen + (f" (of {v.mapped + v.present})" if v.mapped else "")
+
+    return (
+        f"The state at path {path_repr(p0)} has {say(v0)} but the one at "
+        f"{path_repr(p1)} has {say(v1)}: the tree mixes members of different "
+        "ensembles, or a state was made without the ensemble's record. " + _BUILD
+    )
+
+
+def rewrite(tree: T, at: View) -> T:
+    """`tree` with the record `at` written on its batched states: ensemble axes
+    `at.mapped + at.present`, each member's ranks read from the arrays (which carry
+    `at.present`), placement `at.field`. A state already so recorded is kept as is."""
+    shape, n = at.mapped + at.present, len(at.present)
+
+    def one(path, s):
+        if is_shared(s):
+            return s
+        if not shape:
+            ranks = None
+        elif array_leaves(s.value):
+            ranks = member_ranks(s.value, n)
+        else:  # a placeholder: a member's ranks do not change with the levels
+            ranks = s.member_ranks
+        field = at.field if shape else None
+        if (s.ensemble_shape, s.member_ranks, s.ensemble_sharding) == (
+            shape, ranks, field):  # fmt: skip
+            return s
+        return replace_fields(
+            s, ensemble_shape=shape, member_ranks=ranks, ensemble_sharding=field
+        )
+
+    return map_states(one, tree, views=False)
 
 
 def record(tree: T, size: int | None, sharding: Any = None) -> T:
-    """`tree` with an outer ensemble axis of `size` recorded on its batched states
-    (`size=None`: the outermost recorded axis removed instead)."""
+    """`tree` with an outer ensemble axis of `size` added to the record of its batched
+    states (`size=None`: the outermost recorded axis removed instead), the arrays left
+    as they are and the member ranks kept. The operations use `view` and `rewrite`."""
 
     def one(path, s):
         if is_shared(s):
             return s
         shape = s.ensemble_shape[1:] if size is None else (size, *s.ensemble_shape)
-        return replace_fields(s, ensemble_shape=shape, ensemble_sharding=sharding)
+        ranks = s.member_ranks if shape else None
+        return replace_fields(
+            s, ensemble_shape=shape, member_ranks=ranks, ensemble_sharding=sharding
+        )
 
     return map_states(one, tree, views=False)
+
+
+def single_view(tree: PyTree, op: str, instead: str) -> View | None:
+    """The view of a tree given to `op`, which runs on one model: refuses an ensemble,
+    naming `instead`. Inside a transform over the members, a member is one model."""
+    at = view(tree)
+    if at is not None and at.present:
+        raise ValueError(
+            f"`{op}` got {_an_ensemble(at)}, but it runs on one model. Use {instead}, "
+            "or call it per member inside `eqx.filter_vmap` (with "
+            "`in_axes=ec.ensemble_in_axes(ensemble)`)."
+        )
+    return at
+
+
+def _an_ensemble(at: View) -> str:
+    if len(at.present) == 1:
+        return f"an ensemble of {at.present[0]} members"
+    return f"an ensemble of ensembles with axes {at.present}"
+
+
+def check_single_call(state: State | None, layer: str) -> None:
+    """Refuses to call a layer whose `state` carries ensemble axes: a layer's call runs
+    one model. Cheap enough for every forward call (it reads one state)."""
+    if state is None or not state.ensemble_shape:
+        return
+    levels = _levels((), state)
+    if levels is not None and levels[1]:
+        raise ValueError(
+            f"`{layer}` was called on {_an_ensemble(View((), levels[1], None))}, but a "
+            "layer's call runs one model. Call it per member with `eqx.filter_vmap` "
+            "(with `in_axes=ec.ensemble_in_axes(ensemble)`), or take one member with "
+            "`ec.member`."
+        )
 
 
 def ensemble_shape(tree: PyTree) -> tuple[int, ...]:
@@ -96,11 +266,15 @@ def ensemble_shape(tree: PyTree) -> tuple[int, ...]:
     [`eqx_collective.State`][]); a tree without any state (plain Equinox modules) has
     one ensemble axis if all its arrays share a leading size, and none otherwise.
 
+    Inside `eqx.filter_vmap`, `jax.vmap` or `jax.lax.scan` over the members, the answer
+    is about what the function sees: `()` for a member, the inner axes for a member of
+    an ensemble of ensembles.
+
     **Raises:** `ValueError` if the states' records disagree.
     """
-    found = _recorded(tree)
-    if found is not None:
-        return found[0]
+    at = view(tree)
+    if at is not None:
+        return at.present
     if iter_states(tree, views=False):  # only shared states: nothing is batched
         return ()
     try:
@@ -120,20 +294,34 @@ def ensemble_size(ensemble: PyTree) -> int:
 
 
 def _outer_size(tree: PyTree, op: str) -> int:
-    found = _recorded(tree)
-    if found is not None:
-        if not found[0]:
+    return ensemble_view(tree, op).present[0]
+
+
+def ensemble_view(tree: PyTree, op: str) -> View:
+    """The view of a tree given to `op`, which needs an ensemble: refuses a single
+    model (a member seen inside a transform over the members is one)."""
+    at = view(tree)
+    if at is None:
+        if iter_states(tree, views=False):
             raise ValueError(
-                f"`{op}`: this model is not an ensemble: its states record no ensemble "
-                "axis (shapes never decide, so a single model whose arrays happen to "
-                "share a leading size is not taken for one). " + _BUILD
+                f"`{op}`: this model holds only shared states, so it has no ensemble "
+                "axis."
             )
-        return found[0][0]
-    if iter_states(tree, views=False):
+        return View((), (_leading_size(split_members(tree)[0]),), None)
+    if at.present:
+        return at
+    if at.mapped:
         raise ValueError(
-            f"`{op}`: this model holds only shared states, so it has no ensemble axis."
+            f"`{op}`: this is one member of an ensemble with axes {at.mapped}, seen "
+            "inside a transform that maps the ensemble axis (`eqx.filter_vmap`, "
+            "`jax.vmap`, `jax.lax.scan`): here its arrays carry no ensemble axis, so it "
+            f"is a single model. Call `{op}` on the ensemble outside the transform."
         )
-    return _leading_size(split_members(tree)[0])
+    raise ValueError(
+        f"`{op}`: this model is not an ensemble: its states record no ensemble "
+        "axis (shapes never decide, so a single model whose arrays happen to "
+        "share a leading size is not taken for one). " + _BUILD
+    )
 
 
 def _leading_size(batched: PyTree) -> int:
@@ -183,8 +371,9 @@ def as_ensemble(tree: T, size: int) -> T:
         ```
     """
     size = positive_int(size, "size", "as_ensemble")
+    at = view(tree) or View((), (), None)
     check_leading(split_members(tree)[0], size, "as_ensemble")
-    return record(tree, size)
+    return rewrite(tree, at.kept((size, *at.present)))
 
 
 def check_leading(batched: PyTree, size: int, op: str) -> None:
@@ -248,9 +437,11 @@ def member(ensemble: T, index: int | Int[ArrayLike, ""]) -> T:
     **Raises:** `TypeError` for an index that is not an integer (`True` is not);
     `IndexError` for one out of range; `ValueError` if `ensemble` is not an ensemble.
     """
-    index = _index(index, _outer_size(ensemble, "member"), "member")
+    at = ensemble_view(ensemble, "member")
+    index = _index(index, at.present[0], "member")
     batched, rest = split_members(ensemble)
-    return record(eqx.combine(jtu.tree_map(lambda x: x[index], batched), rest), None)
+    one = eqx.combine(jtu.tree_map(lambda x: x[index], batched), rest)
+    return rewrite(one, at.kept(at.present[1:]))
 
 
 def unstack(ensemble: T) -> list[T]:
@@ -259,10 +450,12 @@ def unstack(ensemble: T) -> list[T]:
 
     **Raises:** `ValueError` if `ensemble` is not an ensemble.
     """
-    size = _outer_size(ensemble, "unstack")
-    batched, rest = split_members(record(ensemble, None))
+    at = ensemble_view(ensemble, "unstack")
+    batched, rest = split_members(ensemble)
+    inner = at.kept(at.present[1:])
     return [
-        eqx.combine(jtu.tree_map(lambda x: x[i], batched), rest) for i in range(size)
+        rewrite(eqx.combine(jtu.tree_map(lambda x: x[i], batched), rest), inner)
+        for i in range(at.present[0])
     ]
 
 
@@ -288,8 +481,9 @@ def stack(models: Sequence[T]) -> T:
                 "ensemble record of model 0; only models of one structure can be "
                 "stacked."
             )
+    at = view(models[0]) or View((), (), None)
     batched = jtu.tree_map(lambda *xs: jnp.stack(xs), *(b for b, _ in parts))
-    return record(eqx.combine(batched, rest0), len(models))
+    return rewrite(eqx.combine(batched, rest0), at.kept((len(models), *at.present)))
 
 
 def _signature(batched: PyTree, rest: PyTree) -> tuple:
@@ -310,7 +504,8 @@ def take_members(ensemble: T, indices: Int[ArrayLike, " k"]) -> T:
 
     **Returns:** an ensemble of `len(indices)` members, recorded as such.
     """
-    size = _outer_size(ensemble, "take_members")
+    at = ensemble_view(ensemble, "take_members")
+    size = at.present[0]
     indices = jnp.asarray(indices)
     if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
         raise TypeError(
@@ -323,9 +518,10 @@ def take_members(ensemble: T, indices: Int[ArrayLike, " k"]) -> T:
                 f"`take_members`: indices {np.asarray(indices).tolist()} are out of "
                 f"range for an ensemble of {size} members."
             )
-    batched, rest = split_members(record(ensemble, None))
-    picked = jtu.tree_map(lambda x: x[indices], batched)
-    return _keep(record(eqx.combine(picked, rest), len(indices)), ensemble)
+    batched, rest = split_members(ensemble)
+    picked = eqx.combine(jtu.tree_map(lambda x: x[indices], batched), rest)
+    picked = rewrite(picked, at.kept((len(indices), *at.present[1:]), at.field))
+    return place(picked, at.sharding)
 
 
 def where_members(mask: Bool[ArrayLike, " members"], on_true: T, on_false: T) -> T:
@@ -337,7 +533,7 @@ def where_members(mask: Bool[ArrayLike, " members"], on_true: T, on_false: T) ->
     **Raises:** `ValueError` if the two are not ensembles of one structure and size, or
     `mask` is not a boolean vector of that size.
     """
-    size = _outer_size(on_true, "where_members")
+    size = ensemble_view(on_true, "where_members").present[0]
     mask = jnp.asarray(mask)
     if mask.shape != (size,) or mask.dtype != jnp.bool_:
         raise ValueError(
@@ -383,7 +579,7 @@ def ensemble_in_axes(ensemble: PyTree) -> PyTree:
         y = forward(policies, x)  # one output per member
         ```
     """
-    _outer_size(ensemble, "ensemble_in_axes")
+    ensemble_view(ensemble, "ensemble_in_axes")
     return jtu.tree_map(
         lambda x: None if _is_shared_state(x) else eqx.if_array(0),
         ensemble,
@@ -404,12 +600,6 @@ def place(tree: T, sharding: Any) -> T:
 
     batched, rest = split_members(tree)
     return eqx.combine(jtu.tree_map(one, batched), rest)
-
-
-def _keep(new: T, old: PyTree) -> T:
-    """`new` placed and recorded with the sharding that `old` records."""
-    found = _recorded(old)
-    return _placed_as(new, None if found is None else found[1])
 
 
 def _placed_as(tree: T, sharding: Any) -> T:
@@ -470,7 +660,14 @@ def shard_ensemble(
             f"`shard_ensemble`: the mesh has axes {tuple(mesh.shape)}, not "
             f"{axis_name!r}. Pass `axis_name=` naming the mesh axis to shard over."
         )
-    size, devices = _outer_size(ensemble, "shard_ensemble"), mesh.shape[axis_name]
+    at = ensemble_view(ensemble, "shard_ensemble")
+    if at.mapped:
+        raise ValueError(
+            "`shard_ensemble` places an ensemble's arrays on devices, so it runs "
+            "outside the transforms that map its members (`eqx.filter_vmap`, "
+            "`jax.vmap`, `jax.lax.scan`); call it on the whole ensemble."
+        )
+    size, devices = at.present[0], mesh.shape[axis_name]
     if size % devices:
         raise ValueError(
             f"`shard_ensemble`: an ensemble of {size} members cannot be split evenly "

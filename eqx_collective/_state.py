@@ -49,6 +49,15 @@ class State(eqx.Module):
         [`eqx_collective.vmap_init_all_states`][], [`eqx_collective.as_ensemble`][]),
         and read by every ensemble operation: an ensemble is never guessed from
         shapes. A shared state records nothing (it has no ensemble axis).
+    - `member_ranks`: the rank (`ndim`) of each array leaf of `value` in **one
+        member**, in leaf order; `None` for a single model. Filled in from `value`
+        when a state is made with an `ensemble_shape` (the arrays then carry every
+        ensemble axis). Static fields are not updated by JAX's transforms, so inside
+        `eqx.filter_vmap`, `jax.vmap` or `jax.lax.scan` over the members the
+        `ensemble_shape` still names the mapped axes; comparing the rank the arrays
+        have there with the member's rank tells how many ensemble levels are still
+        present (the innermost ones), so the operations answer for what the function
+        actually sees. See [Ensembles](../concepts/ensembles.md).
     - `ensemble_sharding`: the `jax.sharding.NamedSharding` of the outermost ensemble
         axis, recorded by [`eqx_collective.shard_ensemble`][], so that every ensemble
         operation returns its arrays placed the same way, eagerly and under `jit`.
@@ -68,7 +77,16 @@ class State(eqx.Module):
     tag: str | None = eqx.field(default=None, static=True, kw_only=True)
     shared: bool = eqx.field(default=False, static=True, kw_only=True)
     ensemble_shape: tuple[int, ...] = eqx.field(default=(), static=True, kw_only=True)
+    member_ranks: tuple[int, ...] | None = eqx.field(
+        default=None, static=True, kw_only=True
+    )
     ensemble_sharding: Any = eqx.field(default=None, static=True, kw_only=True)
+
+    def __post_init__(self):
+        # A state made with an ensemble record holds every ensemble axis: the rank of
+        # one member is what the record needs to read the arrays under a transform.
+        if self.ensemble_shape and self.member_ranks is None:
+            self.member_ranks = member_ranks(self.value, len(self.ensemble_shape))
 
     def __check_init__(self):
         if self.tag is not None and not isinstance(self.tag, str):
@@ -92,6 +110,18 @@ class State(eqx.Module):
             raise ValueError(
                 "A shared state has no ensemble axis, so its `ensemble_shape` must be "
                 f"`()`, but got {shape!r}."
+            )
+        ranks = self.member_ranks
+        if ranks is not None and not (
+            shape
+            and isinstance(ranks, tuple)
+            and all(type(n) is int and n >= 0 for n in ranks)
+        ):
+            raise ValueError(
+                "A state's `member_ranks` must be `None` for a single model, or a tuple "
+                "of non-negative `int`s (one per array leaf of the value, in one member) "
+                f"for a member of an ensemble, but got {ranks!r} with `ensemble_shape` "
+                f"{shape!r}. Leave it out: it is filled in from the value."
             )
 
     def __pdoc__(self, **kwargs) -> wl.AbstractDoc:
@@ -136,6 +166,27 @@ class NonBatchState(ShortTermState):
     """A state that the vmap variants never batch: an ensemble has one copy of it,
     shared by every member, whatever `state_to_exclude` says. (brainstate's
     `NonBatchState`.)"""
+
+
+def array_leaves(value: Any) -> list:
+    """The leaves of a state's value that have a shape (arrays, tracers, NumPy arrays,
+    `jax.ShapeDtypeStruct`s), in leaf order: the ones an ensemble axis leads."""
+    return [x for x in jtu.tree_leaves(value) if hasattr(x, "shape")]
+
+
+def member_ranks(value: Any, levels: int) -> tuple[int, ...]:
+    """The rank of each array leaf of `value` without its `levels` ensemble axes.
+
+    **Raises:** `ValueError` if a leaf has fewer than `levels` axes."""
+    ranks = tuple(len(x.shape) - levels for x in array_leaves(value))
+    if any(n < 0 for n in ranks):
+        raise ValueError(
+            f"A state recording {levels} ensemble axes holds an array of rank "
+            f"{min(ranks) + levels}, which cannot carry them. Build ensembles with "
+            "`make_ensemble`, `stack` or `vmap_init_all_states`, or adopt one with "
+            "`as_ensemble`, which keep the record and the arrays in step."
+        )
+    return ranks
 
 
 def is_shared(state: State) -> bool:

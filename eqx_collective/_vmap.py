@@ -10,13 +10,14 @@ from jaxtyping import PRNGKeyArray
 from ._checks import positive_int
 from ._collective import Call, call_all, check_key
 from ._ensemble import (
-    _outer_size,
-    _recorded,
     as_ensemble,
     check_leading,
+    ensemble_view,
     place,
-    record,
+    rewrite,
     split_members,
+    View,
+    view,
 )
 from ._fields import replace_fields
 from ._filters import Filter, to_predicate
@@ -51,6 +52,11 @@ def _over_members(fn, model, key, level: _Level):
     everything else gains it (arrays the members did not change are broadcast: every
     parameter ends up with the leading axis). The placement the ensemble records is
     kept.
+
+    The record is written inside the vmap, on each member's result, with the level
+    being mapped among the mapped ones (see `_ensemble.view`): the same mechanism
+    that keeps a member right inside a user's own `eqx.filter_vmap`, so nesting, and
+    running inside a user's transform, need nothing else.
     """
     exclude = to_predicate(level.state_to_exclude)
 
@@ -65,20 +71,24 @@ def _over_members(fn, model, key, level: _Level):
             return replace_fields(state, shared=True)
         return state
 
-    sharding = None
+    at = (None if model is None else view(model)) or View((), (), None)
+    sharding = None if level.broadcast else at.sharding
     if level.broadcast:
         batched, rest = None, model
     else:
-        sharding = (_recorded(model) or ((), None))[1]
-        batched, rest = split_members(record(model, None))
+        batched, rest = split_members(model)
         check_leading(batched, level.size, level.op)
+    mapped = at.mapped + (level.size,)
 
     def per_member(batched, key):
         member = rest if batched is None else eqx.combine(batched, rest)
-        return split_members(map_states(mark_shared, fn(member, key), views=False))
+        out = map_states(mark_shared, fn(member, key), views=False)
+        inner = view(out) or View((), (), None)
+        field = sharding if not at.mapped else at.field
+        return split_members(rewrite(out, View(mapped, inner.present, field)))
 
     out = _vmap(per_member, batched, _member_keys(key, level.size), level)
-    return place(record(eqx.combine(*out), level.size, sharding), sharding)
+    return place(eqx.combine(*out), sharding)
 
 
 def _vmap(per_member, batched, keys, level: _Level):
@@ -113,10 +123,11 @@ def _vmap(per_member, batched, keys, level: _Level):
 def _run(model, call: Call, key, state_to_exclude):
     """`call` on every single model of `model`: directly on a single model, else
     member by member, level by level, as the ensemble's record says."""
-    shape = (_recorded(model) or ((), None))[0]
-    if not shape:
-        return call_all(model, call, key)
-    level = _Level(shape[0], False, state_to_exclude, call.op)
+    at = view(model)
+    if at is None or not at.present:
+        out = call_all(model, call, key)
+        return rewrite(out, at) if at is not None and at.mapped else out
+    level = _Level(at.present[0], False, state_to_exclude, call.op)
     return _over_members(
         lambda m, k: _run(m, call, k, state_to_exclude), model, key, level
     )
@@ -126,10 +137,10 @@ def _on_ensemble(target, call: Call, key, axis_size, state_to_exclude):
     """`call` on every member of the ensemble `target`, which its record names; a tree
     with states but no record is adopted with `axis_size`, a tree without states has
     its leading axis as the ensemble axis."""
-    found = _recorded(target)
-    if found is not None and not found[0] and axis_size is not None:
+    found = view(target)
+    if found is not None and found == View((), (), None) and axis_size is not None:
         target = as_ensemble(target, axis_size)
-    size = _outer_size(target, call.op)
+    size = ensemble_view(target, call.op).present[0]
     if axis_size is not None and positive_int(axis_size, "axis_size", call.op) != size:
         raise ValueError(
             f"`{call.op}`: `axis_size={axis_size}` conflicts with the ensemble, whose "

@@ -218,7 +218,9 @@ def resetting(say: Say) -> None:
 
 def batched_initialisation(say: Say) -> None:
     policy = make_policy(jax.random.key(3))
-    # Create 8 independent versions of the policy.
+    # An ensemble of 8 members: each member's `init_state` runs with its own key, and
+    # the parameters are replicated (start equal); `ec.make_ensemble` builds members
+    # with independent parameters.
     policies = ec.vmap_init_all_states(policy, axis_size=8, key=jax.random.key(4))
     # Parameters gain an extra axis on the leading dimension.
     weights = policies.layers[0].weight.value

@@ -20,13 +20,16 @@ The pattern, which you can copy for any stateful Equinox model:
    axis_size=E, key=...)` is the alternative when the members should share their
    initial weights and differ only in their random states.)
 2. Split off the parameters with `ec.partition(ensemble, ec.ParamState)`: it works on a
-   stacked ensemble like on a single model. Initialise optax once per member with
-   `eqx.filter_vmap(optimiser.init)(params)`.
+   stacked ensemble like on a single model. Give each member its own optimiser state,
+   `eqx.filter_vmap(optimiser.init)(params)`, so that any optimiser (element-wise or
+   not) sees one member as if it were trained alone.
 3. Write the training step for **one** member, exactly as for a single model
    (`examples/train_rnn.py`): reset the hidden states with `ec.reset_all_states`, scan
-   over time, differentiate with respect to the parameters only, apply optax. Then
+   over time, differentiate with respect to the parameters only, apply optax. Inside
+   the vmap each member is one model, so the collective operations run on it. Then
    `eqx.filter_vmap` it with `in_axes` from `ec.ensemble_in_axes` (axis 0 for every
-   array, `None` for states shared between members) and wrap it in `eqx.filter_jit`.
+   array, `None` for states shared between members) inside `ec.filter_jit`. This is
+   the one pattern the docs teach (`docs/concepts/training.md`).
 4. Afterwards, `ec.member(ensemble, i)` / `ec.unstack(ensemble)` give single models.
 
 Every `--eval-every` steps the ensemble is also scored on held-out sequences that no
@@ -104,11 +107,14 @@ def make_train_step(optimiser, params, rest, seq_len: int, batch_size: int):
 
     # Axis 0 for every array of the ensemble, None for shared states (none here).
     p_axes, r_axes = ec.ensemble_in_axes(params), ec.ensemble_in_axes(rest)
-    return eqx.filter_jit(
-        eqx.filter_vmap(
-            member_step, in_axes=(p_axes, r_axes, 0, 0), out_axes=(p_axes, 0, 0)
-        )
-    )
+    in_axes, out_axes = (p_axes, r_axes, 0, 0), (p_axes, 0, 0)
+
+    @ec.filter_jit
+    def train_step(params, rest, opt_state, member_keys):
+        step = eqx.filter_vmap(member_step, in_axes=in_axes, out_axes=out_axes)
+        return step(params, rest, opt_state, member_keys)
+
+    return train_step
 
 
 @eqx.filter_jit

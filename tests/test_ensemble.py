@@ -1,3 +1,5 @@
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -244,3 +246,217 @@ def test_members_differ(key):
     model = node_class("plain", None)((), {"h": ec.HiddenState(jnp.zeros(3))}, name="n")
     ens = ec.vmap_init_all_states(model, axis_size=3, key=key)
     assert_members_differ(ens, ec.HiddenState)
+
+
+# ------------------------------------- the record under Equinox's and JAX's transforms
+
+
+def _assert_record_true(tree):
+    """Every batched state's record describes its arrays (checked outside any
+    transform): they lead with its ensemble axes, and have the member's ranks after."""
+    for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, ec.State)):
+        if not isinstance(s, ec.State) or ec.is_shared(s):
+            continue
+        shape = s.ensemble_shape
+        arrays = [x for x in jax.tree.leaves(s.value) if hasattr(x, "shape")]
+        if not shape:
+            assert s.member_ranks is None
+            continue
+        assert [x.shape[: len(shape)] for x in arrays] == [shape] * len(arrays)
+        assert s.member_ranks == tuple(x.ndim - len(shape) for x in arrays)
+
+
+def _inside(ens, f, *mapped):
+    """`f(member, *args)` inside `eqx.filter_vmap` over the outer level of `ens`."""
+    in_axes = (ec.ensemble_in_axes(ens), *(0 for _ in mapped))
+    return eqx.filter_vmap(f, in_axes=in_axes)(ens, *mapped)
+
+
+def _per_member(ens, f):
+    """`f(member_i, i)` for each outer member, stacked: what `_inside` must give."""
+    return ec.stack([f(ec.member(ens, i), i) for i in range(ec.ensemble_size(ens))])
+
+
+def _same(got, expected):
+    _assert_record_true(got)
+    assert_trees_equal(got, expected)
+
+
+_LEVELS = ensembles(module_trees(max_depth=2), max_size=3, max_levels=2)
+
+
+@settings(max_examples=15)
+@given(_LEVELS)
+def test_collective_operations_inside_filter_vmap(drawn):
+    ens, _, key = drawn
+    shape = ec.ensemble_shape(ens)
+    nested, keys = len(shape) > 1, jax.random.split(key, shape[0])
+    seen = []
+    _inside(ens, lambda m: seen.append(ec.ensemble_shape(m)))
+    assert seen == [shape[1:]]  # what the function sees, not the static record
+    one_model = [
+        (lambda m: ec.reset_all_states(m), ec.vmap_reset_all_states(ens)),
+        (
+            lambda m: ec.call_all_fns(m, "reset_state", fn_if_not_exist="pass"),
+            ec.vmap_call_all_fns(ens, "reset_state", fn_if_not_exist="pass"),
+        ),
+    ]
+    for f, vmap_variant in one_model:
+        if nested:
+            with pytest.raises(ValueError, match="runs on one model"):
+                _inside(ens, f)
+        else:
+            _same(_inside(ens, f), vmap_variant)
+    init = lambda m, k: ec.init_all_states(m, key=k)
+    vmap_init = lambda m, k: ec.vmap_init_all_states(m, key=k)
+    vmap_reset = lambda m: ec.vmap_reset_all_states(m)
+    if nested:
+        _same(_inside(ens, vmap_init, keys), ec.vmap_init_all_states(ens, key=key))
+        _same(_inside(ens, vmap_reset), ec.vmap_reset_all_states(ens))
+        with pytest.raises(ValueError, match="vmap_init_all_states"):
+            _inside(ens, init, keys)
+        with pytest.raises(ValueError, match="runs on one model"):
+            _inside(ens, lambda m: ec.collect_all_fns(m, "x", fn_if_not_exist="pass"))
+    else:
+        _same(_inside(ens, init, keys), ec.vmap_init_all_states(ens, key=key))
+        for f in (vmap_reset, lambda m, k: vmap_init(m, k)):
+            with pytest.raises(ValueError, match="one member of an ensemble"):
+                _inside(ens, f, *([keys] if f is not vmap_reset else []))
+
+
+@settings(max_examples=15)
+@given(_LEVELS)
+def test_ensemble_operations_inside_filter_vmap(drawn):
+    ens, _, _ = drawn
+    shape = ec.ensemble_shape(ens)
+    parts = lambda m: ec.combine(*ec.partition(m, ec.ParamState))
+    _same(_inside(ens, parts), ens)
+    _same(
+        _inside(ens, lambda m: ec.stack([m, m])),
+        _per_member(ens, lambda m, _: ec.stack([m, m])),
+    )
+    ops = {
+        "member": lambda m: ec.member(m, -1),
+        "unstack": lambda m: ec.stack(ec.unstack(m)),
+        "take_members": lambda m: ec.take_members(m, jnp.asarray([0, 0])),
+        "where_members": lambda m, o: ec.where_members(
+            jnp.arange(shape[-1]) % 2 == 0, m, o
+        ),
+        "ensemble_size": lambda m: jnp.asarray(ec.ensemble_size(m)),
+        "ensemble_in_axes": lambda m: ec.ensemble_in_axes(m) and None,
+    }
+    reset = ec.vmap_reset_all_states(ens)
+    for name, f in ops.items():
+        other = [reset] if name == "where_members" else []
+        if len(shape) == 1:
+            with pytest.raises(ValueError, match=f"`{name}`: this is one member"):
+                _inside(ens, f, *other)
+            continue
+        got = _inside(ens, f, *other)
+        if name == "ensemble_size":
+            assert got.tolist() == [shape[1]] * shape[0]
+        elif name != "ensemble_in_axes":
+            args = lambda i: [ec.member(o, i) for o in other]
+            _same(got, _per_member(ens, lambda m, i: f(m, *args(i))))
+
+
+@settings(max_examples=10)
+@given(_LEVELS)
+def test_scan_over_members_and_jit(drawn):
+    ens, _, _ = drawn
+    shape = ec.ensemble_shape(ens)
+    op = ec.reset_all_states if len(shape) == 1 else ec.vmap_reset_all_states
+
+    def body(carry, m):
+        return carry, (jnp.asarray(len(ec.ensemble_shape(m))), op(m))
+
+    _, (levels, scanned) = jax.lax.scan(body, None, ens)
+    assert levels.tolist() == [len(shape) - 1] * shape[0]
+    _same(scanned, ec.vmap_reset_all_states(ens))
+    jitted = eqx.filter_jit(lambda e: eqx.filter_vmap(op)(e))(ens)
+    _same(jitted, ec.vmap_reset_all_states(ens))
+    assert eqx.filter_jit(lambda e: jnp.asarray(ec.ensemble_size(e)))(ens) == shape[0]
+
+
+def test_a_member_inside_filter_vmap_is_one_model(key):
+    # a batch of 4 in a 4-member ensemble: the shapes alone would look like members
+    cell = ec.nn.ValinaRNNCell(3, 16, key=key)
+    ens = ec.vmap_init_all_states(cell, batch_size=4, axis_size=4, key=key)
+    seen = {}
+
+    def f(m):
+        seen["shape"] = ec.ensemble_shape(m)
+        for op in (ec.ensemble_size, lambda m: ec.member(m, 0)):
+            with pytest.raises(ValueError, match="one member of an ensemble with axes"):
+                op(m)
+        return m
+
+    _same(eqx.filter_vmap(f)(ens), ens)
+    assert seen["shape"] == ()
+    with_jax = jax.vmap(lambda m: jnp.asarray(len(ec.ensemble_shape(m))))(ens)
+    assert with_jax.tolist() == [0] * 4
+
+
+def test_init_all_states_on_an_ensemble_names_the_vmap_variant(key):
+    cell = ec.nn.ValinaRNNCell(3, 16, key=key)
+    ens = ec.vmap_init_all_states(cell, axis_size=8, key=key)
+    for op, variant in (
+        (ec.init_all_states, "vmap_init_all_states"),
+        (ec.reset_all_states, "vmap_reset_all_states"),
+        (
+            lambda m, **kw: ec.call_all_fns(m, "init_state", kwargs=kw),
+            "vmap_call_all_fns",
+        ),
+        (
+            lambda m, **kw: ec.collect_all_fns(m, "init_state", kwargs=kw),
+            "collect_all_fns(ec.member",
+        ),
+    ):
+        with pytest.raises(
+            ValueError, match=f"ensemble of 8 members.*`{re.escape(variant)}"
+        ):
+            op(ens, batch_size=4)
+    # per member, inside `eqx.filter_vmap`, the batch axis comes out recorded right
+    batched = eqx.filter_vmap(lambda m: ec.init_all_states(m, batch_size=4))(ens)
+    assert batched.h.value.shape == (8, 4, 16) and ec.ensemble_shape(batched) == (8,)
+    _same(batched, ec.vmap_init_all_states(ens, batch_size=4))
+    _same(ec.vmap_reset_all_states(batched), batched)  # the next operation works
+
+
+def test_calling_an_ensemble_directly_names_filter_vmap(key):
+    cells = ec.vmap_init_all_states(
+        ec.nn.ValinaRNNCell(3, 16, key=key), batch_size=2, axis_size=4, key=key
+    )
+    linears = ec.make_ensemble(lambda k: ec.nn.Linear(3, 2, key=k), key, 4)
+    for layer, x in ((cells, jnp.ones((2, 3))), (linears, jnp.ones((5, 3)))):
+        with pytest.raises(ValueError, match="ensemble of 4 members.*eqx.filter_vmap"):
+            layer(x)
+    ys, _ = eqx.filter_vmap(lambda c: c(jnp.ones((2, 3))))(cells)  # the fix
+    assert ys.shape == (4, 2, 16)
+
+
+def test_a_value_changed_behind_the_record_is_refused(key):
+    ens = ec.vmap_init_all_states(ec.nn.ValinaRNNCell(3, 16, key=key), axis_size=8)
+    # a member's rank changed by a call that does not keep the record
+    grown = eqx.filter_vmap(lambda m: m.init_state(batch_size=4))(ens)
+    with pytest.raises(ValueError, match="match no number of its ensemble levels"):
+        ec.ensemble_size(grown)
+    # the ensemble axis dropped outside any transform
+    dropped = eqx.tree_at(lambda m: m.h.value, ens, ens.h.value[0])
+    for op in (ec.ensemble_size, ec.vmap_reset_all_states, ec.reset_all_states):
+        with pytest.raises(
+            ValueError, match="does not lead with an ensemble axis of 8"
+        ):
+            op(dropped)
+    # a transform over an axis other than the leading one
+    nested = ec.vmap_init_all_states(ens, axis_size=2)
+    with pytest.raises(ValueError, match="does not lead with an ensemble axis of 8"):
+        eqx.filter_vmap(lambda m: ec.ensemble_size(m), in_axes=(1,))(nested)
+
+
+def test_shard_ensemble_inside_a_transform_is_refused(key):
+    nested = ec.make_ensemble(
+        lambda k: ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), k, 2), key, 2
+    )
+    with pytest.raises(ValueError, match="outside the transforms"):
+        eqx.filter_vmap(ec.shard_ensemble)(nested)

@@ -48,3 +48,21 @@ def test_is_shared():
 def test_printing_abbreviates_arrays():
     s = ec.ParamState({"bias": jnp.zeros(16), "weight": jnp.zeros((24, 16))})
     assert repr(s) == "ParamState(value={'bias': f32[16], 'weight': f32[24,16]})"
+
+
+def test_a_member_s_ranks_are_filled_in_from_the_value():
+    value = {"w": jnp.ones((4, 3, 2)), "b": jnp.zeros((4, 2))}
+    s = ec.ParamState(value, ensemble_shape=(4,))
+    assert s.member_ranks == (1, 2)  # leaf order: b, w
+    assert ec.ParamState(value).member_ranks is None  # a single model has no record
+    nested = ec.HiddenState(jnp.zeros((2, 4, 5)), ensemble_shape=(2, 4))
+    assert nested.member_ranks == (1,)
+    with pytest.raises(ValueError, match="rank 1, which cannot carry them"):
+        ec.HiddenState(jnp.zeros(3), ensemble_shape=(3, 4))
+
+
+@pytest.mark.parametrize("ranks", [(1,), (-1,), [1], (1.0,)])
+def test_bad_member_ranks_are_refused(ranks):
+    shape = () if ranks == (1,) else (4,)  # ranks without an ensemble record too
+    with pytest.raises(ValueError, match="member_ranks"):
+        ec.HiddenState(jnp.zeros((4, 2)), ensemble_shape=shape, member_ranks=ranks)

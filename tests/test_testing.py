@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 import eqx_collective as ec
 from eqx_collective.testing import (
@@ -135,3 +135,17 @@ def test_assert_member_matches_ignores_shared_marks(key):
     assert_member_matches(ens, 0, single)
     with pytest.raises(AssertionError, match="structure or static"):
         assert_trees_equal(ec.member(ens, 0), single)
+
+
+@settings(max_examples=10)
+@given(ensembles(module_trees(max_depth=1), max_size=3, max_levels=2))
+def test_ensembles_strategy_draws_nested_levels(drawn):
+    ensemble, model, key = drawn
+    shape = ec.ensemble_shape(ensemble)
+    assert 1 <= len(shape) <= 2 and all(1 <= n <= 3 for n in shape)
+    if len(shape) == 1:
+        return
+    for i, row in enumerate(jax.random.split(key, shape[0])):
+        for j, k in enumerate(jax.random.split(row, shape[1])):
+            expected = ec.init_all_states(model, key=k)
+            assert_member_matches(ec.member(ensemble, i), j, expected)

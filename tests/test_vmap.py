@@ -3,7 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_jit_matches_eager, assert_member_matches, assert_pure
+from helpers import (
+    assert_jit_matches_eager,
+    assert_member_matches,
+    assert_pure,
+    assert_trees_equal,
+)
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
@@ -242,3 +247,42 @@ def test_vmap_init_without_axis_size_reinitialises_an_ensemble(with_stats, key):
     again = ec.vmap_init_all_states(ensemble, key=jax.random.key(5))
     assert again.h.value.shape == (2, 3)
     assert not jnp.array_equal(again.h.value, ensemble.h.value)
+
+
+# ------------------------------------------------ the vmap variants under a transform
+
+
+def test_vmap_reset_per_outer_member_of_an_ensemble_of_ensembles(key):
+    cell = ec.nn.ValinaRNNCell(3, 4, key=key)
+    nested = ec.make_ensemble(
+        lambda k: ec.vmap_init_all_states(cell, batch_size=5, axis_size=3, key=k),
+        key,
+        2,
+    )
+    reset = eqx.filter_vmap(ec.vmap_reset_all_states)(nested)  # each member: 3 cells
+    assert ec.ensemble_shape(reset) == (2, 3) and reset.h.value.shape == (2, 3, 5, 4)
+    assert_trees_equal(reset, ec.vmap_reset_all_states(nested))
+    keys = jax.random.split(key, 2)
+    again = eqx.filter_vmap(lambda m, k: ec.vmap_init_all_states(m, key=k))(
+        nested, keys
+    )
+    assert_trees_equal(again, ec.vmap_init_all_states(nested, key=key))
+    # a new level made inside the transform is recorded inside the outer one
+    grid = eqx.filter_vmap(
+        lambda m: ec.vmap_init_all_states(m, batch_size=5, axis_size=4)
+    )(ec.member(nested, 0))
+    assert ec.ensemble_shape(grid) == (3, 4) and grid.h.value.shape == (3, 4, 5, 4)
+    assert_trees_equal(
+        ec.member(ec.member(grid, 2), 1), ec.member(ec.member(nested, 0), 2)
+    )
+
+
+def test_a_single_level_member_is_refused_by_the_vmap_variants(key):
+    ens = ec.vmap_init_all_states(ec.nn.ValinaRNNCell(3, 4, key=key), axis_size=4)
+    for op in (
+        ec.vmap_reset_all_states,
+        lambda m: ec.vmap_call_all_fns(m, "reset_state"),
+        lambda m: ec.vmap_reset_all_states(m, axis_size=4),  # no adopting a member
+    ):
+        with pytest.raises(ValueError, match="one member of an ensemble with axes"):
+            eqx.filter_vmap(op)(ens)

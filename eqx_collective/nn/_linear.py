@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray
 
+from .._ensemble import check_single_call
 from .._state import ParamState
 from ._initialisers import KaimingNormal, ZERO_INIT
 from ._layer import Layer
@@ -112,6 +113,7 @@ class Linear(Layer):
                 f"(`in_size={self.in_size}`), but got an input of shape {shape}. "
                 "Reshape the input, or build the layer with the right `in_size`."
             )
+        check_single_call(self.weight, "Linear")
         params = self.weight.value
         # (pyright takes saiunit's `Array` for its stand-in class used without JAX)
         y: Array | u.Quantity = u.math.matmul(x, params["weight"])  # pyright: ignore[reportAssignmentType]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, PRNGKeyArray, PyTree
 
 from .._checks import positive_int
+from .._ensemble import check_single_call
 from .._fields import method, replace_fields
 from .._state import HiddenState
 from ._initialisers import Constant, Orthogonal, XavierNormal, ZERO_INIT
@@ -146,6 +147,7 @@ def _input(
             f"(`num_in`), but got an input of shape {x.shape}."
         )
     if x.shape[:-1] != hidden.shape[:-1]:
+        check_single_call(getattr(cell, "h", None), where)  # an ensemble: say so
         raise ValueError(
             f"`{where}`: the input has batch shape {x.shape[:-1]} but the hidden state "
             f"has batch shape {hidden.shape[:-1]}. Initialise or reset the state with "

@@ -226,17 +226,23 @@ def stateful_pairs(draw, trees=None) -> tuple[TreeNode, eqx.nn.State]:
 
 
 @st.composite
-def ensembles(draw, trees=None, max_size: int = 4):
+def ensembles(draw, trees=None, max_size: int = 4, max_levels: int = 1):
     """A stacked ensemble: a tree from `trees` (by default
     [`eqx_collective.testing.module_trees`][]) initialised with
-    [`eqx_collective.vmap_init_all_states`][] for 1 to `max_size` members. Returns
-    `(ensemble, model, key)`: the single model it was made from and the key used.
-    Models without any array (which have no ensemble axis) are not drawn."""
+    [`eqx_collective.vmap_init_all_states`][] for 1 to `max_size` members, on 1 to
+    `max_levels` nested levels (an ensemble of ensembles for 2). Returns
+    `(ensemble, model, key)`: the single model it was made from and the key used; for
+    nested levels, member `(i, j)` is the model initialised with
+    `jax.random.split(jax.random.split(key, outer)[i], inner)[j]`. Models without any
+    array (which have no ensemble axis) are not drawn."""
     trees = module_trees() if trees is None else trees
     model = draw(trees.filter(lambda m: jtu.tree_leaves(eqx.filter(m, eqx.is_array))))
-    size = draw(st.integers(1, max_size))
+    sizes = draw(st.lists(st.integers(1, max_size), min_size=1, max_size=max_levels))
     key = jax.random.key(draw(st.integers(0, 2**31 - 1)))
-    return vmap_init_all_states(model, axis_size=size, key=key), model, key
+    ensemble = model
+    for size in reversed(sizes):  # innermost first: each call adds an outer level
+        ensemble = vmap_init_all_states(ensemble, axis_size=size, key=key)
+    return ensemble, model, key
 
 
 class Snapshot(NamedTuple):
