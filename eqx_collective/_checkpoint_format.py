@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from ._fields import field
-from ._paths import iter_value_leaves, Path, path_repr
+from ._paths import flatten_value, is_concrete_array, Path, path_repr
 from ._state import NonBatchState, State
 
 
@@ -128,6 +128,7 @@ _NATIVE = {
     + ("uint32", "uint64", "float16", "float32", "float64", "complex64")
     + (ml_dtypes.bfloat16,)
 }
+_NATIVE_NAMES = {d: n for n, d in _NATIVE.items()}
 _BYTE_VIEWS = {
     n: np.dtype(getattr(ml_dtypes, n))
     for n in ("float8_e3m4", "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn")
@@ -153,6 +154,12 @@ def storage_dtype(entry: dict) -> np.dtype:
 def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
     """One leaf as the array to store and its metadata entry (without its name). With
     `host=False` (orbax), JAX arrays stay where they are, in their own dtype."""
+    if host and is_concrete_array(leaf):  # the common case: a native dtype
+        name = _NATIVE_NAMES.get(leaf.dtype)
+        if name is not None:
+            array = np.asarray(leaf)
+            if array.flags.c_contiguous:
+                return array, {"dtype": name}
     entry: dict[str, Any] = {}
     if isinstance(leaf, u.Quantity):
         entry["unit"] = unit_record(leaf.unit)
@@ -485,32 +492,28 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
     arrays: dict[str, Any] = {}
     records = []
     for path, state in found:
+        path = _writable(path, path)
         leaves = []
-        for leaf_path, leaf in iter_value_leaves(path, field(state, "value")):
-            try:
-                name = tensor_name(normal_path(leaf_path))
-            except TypeError as e:
-                raise ValueError(
-                    f"`save_states` cannot save the leaf at {leaf_path!r}: its path "
-                    f"entry {e.args[0]!r} ({type(e.args[0]).__name__}) cannot be "
-                    f"written as a path, which is made of `str` keys and `int` "
-                    f"indices only, so the file could not be loaded back. Use `str` "
-                    f"or `int` dict keys."
-                ) from None
+        values, _, subpaths = flatten_value(field(state, "value"))
+        for sub, name, leaf in zip(
+            subpaths, _names(path, subpaths), values, strict=True
+        ):
+            if isinstance(leaf, u.Quantity) and leaf.mantissa is None:
+                continue  # (what `eqx.partition` leaves where it removed one)
             if name in arrays:
                 raise ValueError(
-                    f"`save_states` cannot save the leaf at {leaf_path!r}: another "
+                    f"`save_states` cannot save the leaf at {path + sub!r}: another "
                     f"leaf has the same path. Give the leaves distinct paths."
                 )
-            arrays[name], entry = to_stored(leaf_path, leaf, host=host)
+            arrays[name], entry = to_stored(path + sub, leaf, host=host)
             leaves.append({"name": name, **entry})
         records.append(
             {
-                "path": list(normal_path(path)),
+                "path": list(path),
                 "type": type(state).__name__,
                 "tag": field(state, "tag"),
-                "shared": bool(
-                    field(state, "shared") or isinstance(state, NonBatchState)
+                "shared": bool(  # (`issubclass`: Equinox's `isinstance` is slow)
+                    field(state, "shared") or issubclass(type(state), NonBatchState)
                 ),
                 "ensemble_shape": list(field(state, "ensemble_shape")),
                 "leaves": leaves,
@@ -518,6 +521,54 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
         )
     metadata = {"format": FORMAT, "version": VERSION, "states": records}
     return Saved(metadata, arrays)
+
+
+def _writable(path: Path, where: Path) -> Path:
+    """`normal_path(path)`, or a `ValueError` naming the leaf at `where`."""
+    try:
+        return normal_path(path)
+    except TypeError as e:
+        raise ValueError(
+            f"`save_states` cannot save the leaf at {where!r}: its path entry "
+            f"{e.args[0]!r} ({type(e.args[0]).__name__}) cannot be written as a path, "
+            f"which is made of `str` keys and `int` indices only, so the file could "
+            f"not be loaded back. Use `str` or `int` dict keys."
+        ) from None
+
+
+def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
+    """`tensor_name(path + sub)` for each of `subpaths`, the dotted ones joined from
+    texts made once per state and once per value structure."""
+    # (by identity: `flatten_value` caches one `subpaths` per structure, and equal
+    # tuples may differ in their keys' types: `(0,) == (False,)`)
+    cached = _SUFFIXES.get(id(subpaths))
+    if cached is None or cached[0] is not subpaths:
+        for sub in subpaths:
+            _writable(sub, path + sub)
+        cached = _SUFFIXES[id(subpaths)] = (
+            subpaths,
+            [
+                ("".join(f".{p}" for p in sub)) if _dotted(sub) else None
+                for sub in subpaths
+            ],
+        )
+    suffixes = cached[1]
+    prefix = ".".join(map(str, path)) if path and _dotted(path) else None
+    return [
+        prefix + s
+        if prefix is not None and s is not None and prefix + s != _RESERVED
+        else tensor_name(normal_path(path + sub))
+        for sub, s in zip(subpaths, suffixes, strict=True)
+    ]
+
+
+def _dotted(path: Path) -> bool:
+    return all(
+        _is_simple(p) if isinstance(p, str) else p >= 0 for p in normal_path(path)
+    )
+
+
+_SUFFIXES: dict[int, tuple[tuple[Path, ...], list]] = {}
 
 
 def dumps(metadata: dict) -> str:
