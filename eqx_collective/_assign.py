@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from ._checks import describe
-from ._ensemble import place
+from ._ensemble import place, recorded_sharding
 from ._fields import field, rebuild
 from ._paths import (
     as_path,
@@ -493,7 +493,7 @@ def assign(
     for i, (treedef, leaves) in values.items():
         path, state = index.found[i]
         value = leaves if treedef is None else jtu.tree_unflatten(treedef, leaves)
-        updates[path] = _placed(state, value)
+        updates[path] = _placed(path, state, value)
     model = map_states(lambda p, s: updates.get(p, s), target) if updates else target
     return AssignResult(model, unexpected, missing, converted)
 
@@ -703,10 +703,10 @@ def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bo
     return given == [path_str(slot.subpaths[t]) for t in targets]
 
 
-def _placed(state: State, value: Any) -> State:
+def _placed(path: Path, state: State, value: Any) -> State:
     """`state` holding `value`, placed as the state's ensemble records (see
     `shard_ensemble`), so that a restore keeps a sharded ensemble sharded."""
-    sharding = field(state, "ensemble_sharding")
+    sharding = recorded_sharding(path, state)
     if sharding is not None:
         value = place({"v": value}, sharding)["v"]
     return rebuild(state, {"value": value})

@@ -24,6 +24,7 @@ from safetensors import (
 
 from . import _checkpoint_format as fmt
 from ._assign import assign, AssignResult, Lazy, PlaceIndex
+from ._ensemble import present_axes
 from ._fields import field
 from ._filters import Filter
 from ._paths import as_path, iter_value_leaves, Path, path_repr
@@ -512,7 +513,7 @@ def _check_records(name, op, records: dict, index: PlaceIndex, places: dict) -> 
             continue
         seen.add((id(record), where[0]))
         state_path, state = index.found[where[0]]
-        ensemble = list(field(state, "ensemble_shape", ()))
+        ensemble = list(present_axes(state_path, state))
         if record["shared"] != (field(state, "shared") or is_shared(state)):
             saved = "shared" if record["shared"] else "batched"
             other = "batched" if record["shared"] else "shared"

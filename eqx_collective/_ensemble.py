@@ -587,6 +587,24 @@ def ensemble_in_axes(ensemble: PyTree) -> PyTree:
     )
 
 
+def present_axes(path: Path, s: State) -> tuple[int, ...]:
+    """The ensemble axes of `s` that its arrays hold where the function runs: all its
+    record's outside a transform, the inner ones inside a transform over members."""
+    levels = _levels(path, s)
+    return tuple(s.ensemble_shape) if levels is None else levels[1]
+
+
+def recorded_sharding(path: Path, s: State) -> Any:
+    """The sharding a restore places `s`'s new value by: the one its record holds,
+    unless a transform mapped ensemble levels away (the function sees members, which
+    that sharding does not describe: placement is then the transform's)."""
+    sharding = s.ensemble_sharding
+    if sharding is None:
+        return None
+    levels = _levels(path, s)
+    return sharding if levels is None or not levels[0] else None
+
+
 def place(tree: T, sharding: Any) -> T:
     """`tree` with its batched arrays placed by `sharding` (a no-op for `None`):
     `jax.device_put` eagerly, `jax.lax.with_sharding_constraint` under tracing."""

@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
-from helpers import run_on_devices
+from helpers import assert_trees_equal, run_on_devices
 from hypothesis import given, settings, strategies as st
 
 import eqx_collective as ec
@@ -1065,3 +1065,22 @@ def test_units_round_trip_through_public_brainunit(tmp, unit):
     with safetensors.safe_open(tmp(), framework="np") as f:
         (record,) = json.loads(f.metadata()["eqx_collective"])["states"][1]["leaves"]
     assert record["unit"].keys() == {"repr", "dim", "scale", "factor"}
+
+
+def test_a_member_s_file_loads_into_each_member_inside_filter_vmap(tmp_path, key):
+    # Inside `eqx.filter_vmap` over a (sharded) ensemble the function sees one member:
+    # a one-member file loads into it, and the sharding stays the transform's.
+    cells = ec.make_ensemble(lambda k: ec.nn.GRUCell(3, 4, key=k), key, 4)
+    cells = ec.shard_ensemble(ec.vmap_init_all_states(cells, batch_size=2, key=key))
+    one = ec.member(cells, 2)
+    path = tmp_path / "member.safetensors"
+    ec.save_states(path, one)
+    loaded = eqx.filter_vmap(lambda m: ec.load_states(path, m).model)(cells)
+    snapshot = {k: np.asarray(v) for k, v in ec.leaf_values(one).items()}
+    assigned = eqx.filter_vmap(lambda m: ec.assign_state_values(m, snapshot).model)(
+        cells
+    )
+    for out in (loaded, assigned):
+        assert ec.ensemble_shape(out) == (4,)
+        for i in range(4):
+            assert_trees_equal(ec.leaf_values(ec.member(out, i)), ec.leaf_values(one))
