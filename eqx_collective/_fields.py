@@ -115,6 +115,16 @@ def rebuild(module: M, changes: dict[str, Any]) -> M:
     return new
 
 
+def new_module(cls: type[M], values: dict[str, Any]) -> M:
+    """A new instance of the module class `cls` whose fields are `values` (that very
+    dict, which the caller gives up), made as Equinox's unflatten makes it (no
+    `__init__`). For generated code that builds many modules; `values` holds every
+    field of an instance of `cls` whose class passed `dynamic_fields`' check."""
+    new = object.__new__(cls)
+    object.__setattr__(new, "__dict__", values)
+    return new
+
+
 def replace_fields(module: M, **changes: Any) -> M:
     """`module` with the given fields replaced, as `eqx.tree_at` would return it. It
     works for fields holding `None` too (where `eqx.tree_at` needs an `is_leaf`)."""
