@@ -61,11 +61,12 @@ class _Cache:
     in `eqx.filter_jit`), by argument keys; and the parts of its last call and
     output, by `id`. Hashed by identity: it is a static field of the wrapper."""
 
-    __slots__ = ("entries", "kept", "__weakref__")
+    __slots__ = ("entries", "kept", "keys", "__weakref__")
 
     def __init__(self):
         self.entries: dict[tuple, Any] = {}
         self.kept: dict[int, Part] = {}
+        self.keys: weakref.WeakValueDictionary[Key, Key] = weakref.WeakValueDictionary()
 
 
 # Like `eqx.filter_jit`, compiled functions are shared by every wrapper of the same
@@ -98,6 +99,7 @@ def clear_caches() -> None:
     for cache in [*_FUNCTION_CACHES.values(), *_OTHER_CACHES.values()]:
         cache.entries.clear()
         cache.kept.clear()
+        cache.keys.clear()
     _FUNCTION_CACHES.clear()
     _OTHER_CACHES.clear()
 
@@ -224,12 +226,12 @@ def _parts(wrapper: _JitWrapper, args: tuple, kwargs: dict) -> list[Part]:
         args, kwargs = bound.args, bound.kwargs
     else:
         kwargs = _NO_KWARGS  # (what `Signature.bind` would give, kept from call to call)
-    kept = wrapper._cache.kept
-    parts = []
+    cache = wrapper._cache
+    kept, parts = cache.kept, []
     for x in (wrapper.fn, *args, kwargs):
         part = kept.get(id(x))
         if part is None or part.root is not x or not part.holds():
-            part = split(x)
+            part = split(x, cache.keys)
         parts.append(part)
     return parts
 
@@ -259,7 +261,8 @@ def _entry(wrapper: _JitWrapper, parts: list[Part]) -> Any:
 
 def _make_entry(wrapper: _JitWrapper, keys: tuple[Key, ...]) -> Any:
     flags = _donated(wrapper, len(keys))
-    name = getattr(wrapper.fn, "__name__", type(wrapper.fn).__name__)
+    name = getattr(wrapper.fn, "__name__", None)
+    name = name if isinstance(name, str) else type(wrapper.fn).__name__
 
     def traced(donated: list, kept: list) -> tuple:
         d, k = iter(donated), iter(kept)
@@ -269,7 +272,8 @@ def _make_entry(wrapper: _JitWrapper, keys: tuple[Key, ...]) -> Any:
         ]
         fn, *args, kwargs = trees
         out = fn(*args, **kwargs)
-        out_parts = [split(p) for p in (out if type(out) is tuple else (out,))]
+        known = wrapper._cache.keys
+        out_parts = [split(p, known) for p in (out if type(out) is tuple else (out,))]
         arrays = [a for p in out_parts for a in p.arrays]
         # (`marker`: an output to wait on, as `eqx.filter_jit` waits, for its errors)
         return jnp.zeros((), jnp.int8), arrays, _Out(out, out_parts, name)
@@ -318,7 +322,7 @@ def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
             marker, arrays, out = compiled(donated, kept)
         if not isinstance(marker, jax.core.Tracer):
             marker.block_until_ready()
-    except jax.errors.JaxRuntimeError as e:
+    except (jax.errors.JaxRuntimeError, ValueError) as e:  # (as `eqx.filter_jit`)
         text = str(e)
         if "_EquinoxRuntimeError: " not in text:
             raise

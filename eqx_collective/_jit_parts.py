@@ -29,7 +29,6 @@ ARRAYS = (jax.Array, np.ndarray, np.generic)  # what `eqx.is_array` traces
 _chain = itertools.chain.from_iterable
 
 _DICT, _LIST, _IMMUTABLE, _OTHER = range(4)
-_KEYS: "weakref.WeakValueDictionary[Key, Key]" = weakref.WeakValueDictionary()
 _KINDS = ClassCache()
 
 
@@ -147,8 +146,10 @@ class Part:
         )
 
 
-def split(x: Any) -> Part:
-    """`x` split into its arrays and its key, with its dicts and lists noted."""
+def split(x: Any, known: "weakref.WeakValueDictionary[Key, Key]") -> Part:
+    """`x` split into its arrays and its key, with its dicts and lists noted. A key
+    equal to one in `known` (one function's keys) is that very object, so that keys
+    met before compare by identity."""
     dicts, lists, other = [], [], []
 
     def note(y: Any) -> bool:
@@ -170,5 +171,5 @@ def split(x: Any) -> Part:
         else:
             statics.append(leaf)
     key = Key(treedef, tuple(statics))
-    key = _KEYS.setdefault(key, key)  # equal keys are one object: compared by `is`
+    key = known.setdefault(key, key)
     return Part(x, arrays, key, dicts, lists, not other)
