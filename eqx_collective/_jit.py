@@ -26,13 +26,14 @@ The wrapper is an `eqx.Module` holding the function, so a jitted model is a pytr
 the model's leaves, as with `eqx.filter_jit`.
 """
 
+import contextlib
 import functools as ft
 import inspect
 import logging
 import types
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import equinox as eqx
@@ -143,10 +144,11 @@ class _Out:
         ):
             own = arrays[i : i + builder.num_arrays]
             i += builder.num_arrays
-            tree, dicts, lists = builder.build(own)
+            tree, dicts, lists, values, items = builder.build(own)
             trees.append(tree)
             if keep and checkable:
-                parts.append(Part(tree, own, key, dicts, lists, True, concrete=True))
+                held = (builder.lens, builder.keys, values, items)
+                parts.append(Part(tree, own, key, dicts, lists, True, True, held))
         return (tuple(trees) if self.split else trees[0]), parts
 
 
@@ -173,8 +175,11 @@ class _JitWrapper(eqx.Module):
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         parts = _parts(self, args, kwargs)
         out, out_parts = _run(self, _entry(self, parts), parts)
-        # Kept for the next call: this call's trees and its output's parts.
-        self._cache.kept = {id(p.root): p for p in parts + out_parts if p.checkable}
+        # Kept for the next call: this call's arguments and its output's trees (not
+        # bare arrays, whose buffers would be held for nothing).
+        kept = {id(p.root): p for p in out_parts if p.checkable and p.is_tree}
+        kept.update((id(p.root), p) for p in parts if p.checkable)
+        self._cache.kept = kept
         return out
 
     def lower(self, /, *args: Any, **kwargs: Any) -> "Lowered":
@@ -225,7 +230,9 @@ def _parts(wrapper: _JitWrapper, args: tuple, kwargs: dict) -> list[Part]:
         bound = wrapper._signature.bind(*args, **kwargs)
         args, kwargs = bound.args, bound.kwargs
     else:
-        kwargs = _NO_KWARGS  # (what `Signature.bind` would give, kept from call to call)
+        kwargs = (
+            _NO_KWARGS  # (what `Signature.bind` would give, kept from call to call)
+        )
     cache = wrapper._cache
     kept, parts = cache.kept, []
     for x in (wrapper.fn, *args, kwargs):
@@ -306,22 +313,14 @@ variable `EQX_ON_ERROR=breakpoint` is usually the most useful way to debug it; s
 """
 
 
-def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
-    """Calls `compiled` on the parts' arrays and waits for it, as `eqx.filter_jit`
-    does (so that an `eqx.error_if` raises here, as an `eqx.EquinoxRuntimeError`);
-    returns the output and its parts to keep."""
-    donated, kept = _arrays(wrapper, parts)
+@contextlib.contextmanager
+def _runtime_errors() -> Iterator[None]:
+    """Raises an `eqx.error_if` failure as an `eqx.EquinoxRuntimeError`, with JAX's log
+    line for the failed callback hidden, as `eqx.filter_jit` does."""
     logger, quiet = logging.getLogger("jax._src.callback"), _QuietCallbacks()
     logger.addFilter(quiet)
     try:
-        with warnings.catch_warnings():
-            if _DONATE[wrapper.donate][0]:
-                warnings.filterwarnings(
-                    "ignore", message="Some donated buffers were not usable"
-                )
-            marker, arrays, out = compiled(donated, kept)
-        if not isinstance(marker, jax.core.Tracer):
-            marker.block_until_ready()
+        yield
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # (as `eqx.filter_jit`)
         text = str(e)
         if "_EquinoxRuntimeError: " not in text:
@@ -330,7 +329,24 @@ def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
         raise eqx.EquinoxRuntimeError(_ERROR.format(msg=msg)) from None
     finally:
         logger.removeFilter(quiet)
-    return out.build(arrays)
+
+
+def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
+    """Calls `compiled` on the parts' arrays and waits for it, as `eqx.filter_jit`
+    does (so that an `eqx.error_if` raises here); returns the output and its parts to
+    keep. The output is built while the computation runs."""
+    donated, kept = _arrays(wrapper, parts)
+    with _runtime_errors(), warnings.catch_warnings():
+        if _DONATE[wrapper.donate][0]:
+            warnings.filterwarnings(
+                "ignore", message="Some donated buffers were not usable"
+            )
+        marker, arrays, out = compiled(donated, kept)
+    result = out.build(arrays)
+    if not isinstance(marker, jax.core.Tracer):
+        with _runtime_errors():
+            marker.block_until_ready()
+    return result
 
 
 def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:

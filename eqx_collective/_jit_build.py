@@ -32,6 +32,12 @@ class Builder:
         self.arrays: list[str] = []
         self.dicts: list[str] = []
         self.lists: list[str] = []
+        # What the dicts and lists are built holding (see `_jit_parts.Part.holds`).
+        self.keys: list = []
+        self.lens: list[int] = []  # of the dicts, then of the lists
+        self.list_lens: list[int] = []
+        self.values: list[str] = []
+        self.items: list[str] = []
         self.count = 0
         root, _, _ = self._visit(example)
         unpack = f"{''.join(a + ', ' for a in self.arrays)}= L" if self.arrays else ""
@@ -39,13 +45,16 @@ class Builder:
         source = (
             f"def build(L):\n    {body}\n"
             f"    return {root}, ({''.join(d + ', ' for d in self.dicts)}), "
-            f"({''.join(v + ', ' for v in self.lists)})\n"
+            f"({''.join(v + ', ' for v in self.lists)}), "
+            f"[{', '.join(self.values)}], [{', '.join(self.items)}]\n"
         )
         namespace = dict(self.consts)
         exec(compile(source, f"<filter_jit output of {name}>", "exec"), namespace)  # noqa: S102
-        self.build: Callable[[list], tuple[Any, tuple, tuple]] = namespace["build"]
+        self.build: Callable[[list], tuple] = namespace["build"]
         self.num_arrays = len(self.arrays)
+        self.lens += self.list_lens
         del self.consts, self.lines, self.arrays, self.dicts, self.lists
+        del self.values, self.items, self.list_lens
 
     def _const(self, value: Any) -> str:
         name = f"K{len(self.consts)}"
@@ -100,11 +109,16 @@ class Builder:
             )
             var = self._assign(f"{{{items}}}")
             self.dicts.append(var)
+            self.keys += keys
+            self.lens.append(len(keys))
+            self.values += parts
             return var, arrays, False
         if cls is list:
             parts, arrays, _ = self._visit_all(x)
             var = self._assign(f"[{''.join(p + ', ' for p in parts)}]")
             self.lists.append(var)
+            self.items += parts
+            self.list_lens.append(len(parts))
             return var, arrays, False
         parts, arrays, frozen = self._visit_all(children)
         args = "".join(p + ", " for p in parts)

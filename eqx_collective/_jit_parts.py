@@ -82,7 +82,9 @@ class Key:
     def rebuild(self, arrays: list) -> Any:
         """A tree of this structure holding `arrays`."""
         it = iter(arrays)
-        return self.treedef.unflatten([next(it) if s is None else s for s in self.statics])
+        return self.treedef.unflatten(
+            [next(it) if s is None else s for s in self.statics]
+        )
 
 
 def _unhashable(statics: tuple, error: TypeError) -> TypeError:
@@ -103,8 +105,10 @@ def _unhashable(statics: tuple, error: TypeError) -> TypeError:
 class Part:
     """A tree, its arrays and key, and (if `checkable`) what its dicts and lists held."""
 
-    __slots__ = ("root", "arrays", "key", "verifiable", "checkable", "_dicts", "_lists")
-    __slots__ += ("_held",)
+    __slots__ = (
+        *("root", "arrays", "key", "verifiable", "checkable", "is_tree"),
+        *("_dicts", "_lists", "_held"),
+    )
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class Part:
         lists: list,
         verifiable: bool,
         concrete: bool | None = None,
+        held: tuple | None = None,
     ):
         self.root, self.arrays, self.key = root, arrays, key
         self._dicts, self._lists = dicts, lists
@@ -122,27 +127,30 @@ class Part:
         if concrete is None:
             concrete = not any(isinstance(a, jax.core.Tracer) for a in arrays)
         self.checkable = verifiable and concrete  # (tracers are never kept)
+        self.is_tree = key.treedef.num_nodes > 1  # (not a bare leaf)
         if self.checkable:
-            self._held = self._contents()
+            self._held = self._contents() if held is None else held
 
     def _contents(self) -> tuple:
-        d, l = self._dicts, self._lists
+        """`(lengths, keys, values, items)`: the lengths of the dicts then the lists,
+        the dicts' keys and values, the lists' items (as `Builder` gives them)."""
+        dicts, lists = self._dicts, self._lists
         return (
-            [*map(len, d), *map(len, l)],
-            list(_chain(d)),
-            list(_chain(map(dict.values, d))),
-            list(_chain(l)),
+            [*map(len, dicts), *map(len, lists)],
+            list(_chain(dicts)),
+            list(_chain(map(dict.values, dicts))),
+            list(_chain(lists)),
         )
 
     def holds(self) -> bool:
         """Whether the tree's dicts and lists still hold the same keys and objects."""
         lens, keys, values, items = self._held
-        d, l = self._dicts, self._lists
+        dicts, lists = self._dicts, self._lists
         return (
-            [*map(len, d), *map(len, l)] == lens
-            and list(_chain(d)) == keys
-            and all(map(operator.is_, _chain(map(dict.values, d)), values))
-            and all(map(operator.is_, _chain(l), items))
+            [*map(len, dicts), *map(len, lists)] == lens
+            and list(_chain(dicts)) == keys
+            and all(map(operator.is_, _chain(map(dict.values, dicts)), values))
+            and all(map(operator.is_, _chain(lists), items))
         )
 
 

@@ -931,7 +931,9 @@ def test_sharding_is_kept():
     @ec.filter_jit
     def f(tree):
         arrays, rest = eqx.partition(tree, eqx.is_array)
-        return eqx.filter_shard(eqx.combine(jtu.tree_map(jnp.sin, arrays), rest), sharding)
+        return eqx.filter_shard(
+            eqx.combine(jtu.tree_map(jnp.sin, arrays), rest), sharding
+        )
 
     out = f(tree)
     assert out[0][0].sharding == sharding and out[0][1] == 4 and out[1] == "static"
