@@ -126,12 +126,13 @@ class _Out:
     part (the elements of a returned tuple, or the whole output). The auxiliary data
     of a childless pytree node, so `jax.jit` hands it back with the output arrays."""
 
-    __slots__ = ("split", "builders", "keys", "checkable")
+    __slots__ = ("split", "builders", "keys", "own_keys", "checkable")
 
     def __init__(self, out: Any, parts: list[Part], name: str):
         self.split = type(out) is tuple
         self.builders = [Builder(p.root, name) for p in parts]
         self.keys = [p.key for p in parts]
+        self.own_keys = [p.own_key for p in parts]
         self.checkable = [p.verifiable for p in parts]
 
     def build(self, arrays: list) -> tuple[Any, list[Part]]:
@@ -139,8 +140,8 @@ class _Out:
         transformation: tracers are never kept)."""
         keep = not (arrays and isinstance(arrays[0], jax.core.Tracer))
         trees, parts, i = [], [], 0
-        for builder, key, checkable in zip(
-            self.builders, self.keys, self.checkable, strict=True
+        for builder, key, own_key, checkable in zip(
+            self.builders, self.keys, self.own_keys, self.checkable, strict=True
         ):
             own = arrays[i : i + builder.num_arrays]
             i += builder.num_arrays
@@ -148,7 +149,8 @@ class _Out:
             trees.append(tree)
             if keep and checkable:
                 held = (builder.lens, builder.keys, values, items)
-                parts.append(Part(tree, own, key, dicts, lists, True, True, held))
+                part = Part(tree, own, key, dicts, lists, True, True, held, own_key)
+                parts.append(part)
         return (tuple(trees) if self.split else trees[0]), parts
 
 
@@ -174,13 +176,7 @@ class _JitWrapper(eqx.Module):
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         parts = _parts(self, args, kwargs)
-        out, out_parts = _run(self, _entry(self, parts), parts)
-        # Kept for the next call: this call's arguments and its output's trees (not
-        # bare arrays, whose buffers would be held for nothing).
-        kept = {id(p.root): p for p in out_parts if p.checkable and p.is_tree}
-        kept.update((id(p.root), p) for p in parts if p.checkable)
-        self._cache.kept = kept
-        return out
+        return _run(self, _entry(self, parts), parts, self._cache)
 
     def lower(self, /, *args: Any, **kwargs: Any) -> "Lowered":
         """Lowers the function for these arguments (ahead-of-time compilation, as
@@ -218,7 +214,7 @@ class Compiled(eqx.Module):
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         parts = _parts(self.wrapper, args, kwargs)
-        return _run(self.wrapper, self.compiled, parts)[0]
+        return _run(self.wrapper, self.compiled, parts, None)
 
 
 def _parts(wrapper: _JitWrapper, args: tuple, kwargs: dict) -> list[Part]:
@@ -262,12 +258,15 @@ def _entry(wrapper: _JitWrapper, parts: list[Part]) -> Any:
     entries = wrapper._cache.entries
     entry = entries.get((wrapper.donate, keys))
     if entry is None:
-        entry = entries[wrapper.donate, keys] = _make_entry(wrapper, keys)
+        own_keys = tuple(p.own_key for p in parts)
+        entry = entries[wrapper.donate, keys] = _make_entry(wrapper, own_keys)
     return entry
 
 
 def _make_entry(wrapper: _JitWrapper, keys: tuple[Key, ...]) -> Any:
-    flags = _donated(wrapper, len(keys))
+    """A `jax.jit` of the function over the parts' arrays. (It holds the keys, never
+    the wrapper: the cache outlives it, and must not hold a jitted model's arrays.)"""
+    flags, known = _donated(wrapper, len(keys)), wrapper._cache.keys
     name = getattr(wrapper.fn, "__name__", None)
     name = name if isinstance(name, str) else type(wrapper.fn).__name__
 
@@ -279,7 +278,6 @@ def _make_entry(wrapper: _JitWrapper, keys: tuple[Key, ...]) -> Any:
         ]
         fn, *args, kwargs = trees
         out = fn(*args, **kwargs)
-        known = wrapper._cache.keys
         out_parts = [split(p, known) for p in (out if type(out) is tuple else (out,))]
         arrays = [a for p in out_parts for a in p.arrays]
         # (`marker`: an output to wait on, as `eqx.filter_jit` waits, for its errors)
@@ -331,10 +329,13 @@ def _runtime_errors() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
+def _run(
+    wrapper: _JitWrapper, compiled: Callable, parts: list[Part], cache: _Cache | None
+) -> Any:
     """Calls `compiled` on the parts' arrays and waits for it, as `eqx.filter_jit`
-    does (so that an `eqx.error_if` raises here); returns the output and its parts to
-    keep. The output is built while the computation runs."""
+    does (so that an `eqx.error_if` raises here); returns the output. While the
+    computation runs, the output is built and (into `cache`) this call's trees are
+    kept, letting go of the last call's."""
     donated, kept = _arrays(wrapper, parts)
     with _runtime_errors(), warnings.catch_warnings():
         if _DONATE[wrapper.donate][0]:
@@ -342,7 +343,13 @@ def _run(wrapper: _JitWrapper, compiled: Callable, parts: list[Part]) -> tuple:
                 "ignore", message="Some donated buffers were not usable"
             )
         marker, arrays, out = compiled(donated, kept)
-    result = out.build(arrays)
+    result, out_parts = out.build(arrays)
+    if cache is not None:
+        # This call's arguments and its output's trees (not bare arrays, whose
+        # buffers would be held for nothing).
+        kept = {id(p.root): p for p in out_parts if p.checkable and p.is_tree}
+        kept.update((id(p.root), p) for p in parts if p.checkable)
+        cache.kept = kept
     if not isinstance(marker, jax.core.Tracer):
         with _runtime_errors():
             marker.block_until_ready()

@@ -106,7 +106,7 @@ class Part:
     """A tree, its arrays and key, and (if `checkable`) what its dicts and lists held."""
 
     __slots__ = (
-        *("root", "arrays", "key", "verifiable", "checkable", "is_tree"),
+        *("root", "arrays", "key", "own_key", "verifiable", "checkable", "is_tree"),
         *("_dicts", "_lists", "_held"),
     )
 
@@ -120,8 +120,12 @@ class Part:
         verifiable: bool,
         concrete: bool | None = None,
         held: tuple | None = None,
+        own_key: Key | None = None,
     ):
         self.root, self.arrays, self.key = root, arrays, key
+        # `key` may be an equal key met first (`split`); `own_key` holds this tree's
+        # own static leaves (`0` and `False` are equal keys, but not the same leaf).
+        self.own_key = key if own_key is None else own_key
         self._dicts, self._lists = dicts, lists
         self.verifiable = verifiable  # only dicts, lists and immutable nodes inside
         if concrete is None:
@@ -178,6 +182,6 @@ def split(x: Any, known: "weakref.WeakValueDictionary[Key, Key]") -> Part:
             statics.append(None)
         else:
             statics.append(leaf)
-    key = Key(treedef, tuple(statics))
-    key = known.setdefault(key, key)
-    return Part(x, arrays, key, dicts, lists, not other)
+    own = Key(treedef, tuple(statics))
+    key = known.setdefault(own, own)
+    return Part(x, arrays, key, dicts, lists, not other, own_key=own)

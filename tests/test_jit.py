@@ -1,5 +1,7 @@
 import doctest
+import gc
 import warnings
+import weakref
 from typing import Any, NamedTuple
 
 import brainunit as u
@@ -950,3 +952,21 @@ def test_equal_but_distinct_static_parts_share_a_trace():
     f(Pair(jnp.ones(2), (1, "x"), tag=("t", 1)))
     f(Pair(jnp.ones(2), (1, "x"), tag=("t", 1)))  # other objects, equal statics
     assert len(count) == 1
+
+
+def test_the_compiled_functions_do_not_hold_a_jitted_models_arrays(getkey):
+    model = eqx.nn.Linear(2, 2, key=getkey())
+    ec.filter_jit(model)(jnp.ones(2))
+    weight = weakref.ref(model.weight)
+    del model
+    other = eqx.nn.Linear(2, 2, key=getkey())
+    ec.filter_jit(other)(jnp.ones(2))  # (same class: its call replaces the kept trees)
+    gc.collect()
+    assert weight() is None
+
+
+def test_equal_static_leaves_of_two_arguments_keep_their_own_values():
+    theirs, ours, counts = _counted_pair()
+    for args in [((0,), (False,)), ((False,), (0,)), ((1.0,), (True,))]:
+        _assert_same_output(ours(*args), theirs(*args))
+    assert counts["ours"] == counts["eqx"]
