@@ -39,7 +39,7 @@ from ._filters import (
     PathContains as PathContains,
     PathPrefix as PathPrefix,
 )
-from ._jit import filter_jit as filter_jit
+from ._jit import clear_caches as clear_caches, filter_jit as filter_jit
 from ._orbax import load_sharded as load_sharded, save_sharded as save_sharded
 from ._partition import combine as combine, partition as partition
 from ._paths import as_path as as_path, Path as Path, path_str as path_str

@@ -119,11 +119,14 @@ def rebuild(module: M, changes: dict[str, Any]) -> M:
 
 
 def make(cls: type[M], values: dict[str, Any]) -> M:
-    """A `cls` holding `values` (its fields, and any attributes it keeps beside them,
-    as Equinox's bound methods keep `__name__`), made as Equinox's unflatten makes a
-    module: no `__init__`, no `__check_init__`. For modules built on a hot path."""
+    """A `cls` whose `__dict__` is `values` (that very dict, which the caller gives
+    up): its fields, and any attributes it keeps beside them, as Equinox's bound
+    methods keep `__name__`. Made as Equinox's unflatten makes a module: no
+    `__init__`, no `__check_init__`. For modules built on a hot path (bound methods,
+    `filter_jit`'s generated output builder) of classes whose layout `dynamic_fields`
+    has checked."""
     new = object.__new__(cls)
-    _get(new, "__dict__").update(values)
+    object.__setattr__(new, "__dict__", values)
     return new
 
 
