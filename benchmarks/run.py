@@ -34,6 +34,7 @@ if HERE not in sys.path:
 
 AREAS = ("collective", "rollout", "dispatch", "ensemble", "restore", "checkpoint")
 RESULTS = os.path.join(HERE, "RESULTS.md")
+ROOT = os.path.dirname(HERE)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -62,11 +63,14 @@ def collect(quick: bool, only: tuple[str, ...] = AREAS, verbose: bool = True):
     for area in only:
         t0 = time.perf_counter()
         command = [sys.executable, os.path.join(HERE, f"bench_{area}.py"), "--json"]
+        # The checkout this file lives in is measured, whichever copy is installed.
+        path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
         proc = subprocess.run(
             command + (["--quick"] if quick else []),
             capture_output=True,
             text=True,
             cwd=HERE,
+            env={**os.environ, "PYTHONPATH": path},
         )
         if proc.returncode != 0:
             raise RuntimeError(
