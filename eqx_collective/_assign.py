@@ -22,6 +22,7 @@ from ._checks import describe
 from ._ensemble import place, recorded_sharding
 from ._fields import field, rebuild
 from ._paths import (
+    ARRAY_TYPES,
     as_path,
     flatten_value,
     is_concrete_array,
@@ -294,9 +295,9 @@ def _is_plain_unit(unit: u.Unit) -> bool:
 
 def _convert_leaf(expected: Any, given: Any) -> Any:
     """Checks one leaf and returns the value to store in place of `expected`."""
-    if is_concrete_array(expected):  # the common cases: nothing to check or cast
+    if type(expected) in ARRAY_TYPES:  # the common cases: nothing to check or cast
         kind, aval = type(given), expected.aval
-        if is_concrete_array(given) and given.aval == aval:
+        if type(given) in ARRAY_TYPES and given.aval == aval:
             return given
         if (
             (kind is np.ndarray or kind is Lazy)
@@ -535,7 +536,7 @@ def _new_value(
     changed: dict[int, bool] = {}  # (the last value given for a leaf counts)
     for sub, j, value in plan:
         if j is not None and (
-            is_concrete_array(value) or type(value) in _ONE_LEAF
+            type(value) in ARRAY_TYPES or type(value) in _ONE_LEAF
         ):  # a leaf for a leaf's place
             targets, given = (j,), (value,)
         else:
@@ -559,7 +560,8 @@ def _new_value(
                     f"{describe(leaf)}."
                 )
                 continue
-            changed[t] = _converted(slot.leaves[t], leaf)
+            # (a leaf stored as given was not converted: most leaves, checked cheaply)
+            changed[t] = new[t] is not leaf and _converted(slot.leaves[t], leaf)
     converted += [path + slot.subpaths[t] for t in sorted(changed) if changed[t]]
     for t, x in enumerate(new):
         if x is _UNSET:
@@ -675,12 +677,12 @@ def _move(hosts: list[_Host]) -> None:
 def _same_avals(old: Any, new: Any) -> bool:
     """Whether `new` is a JAX array, or a dict of them, like `old` in structure,
     shapes and dtypes."""
-    if is_concrete_array(new):
-        return is_concrete_array(old) and old.aval == new.aval
+    if type(new) in ARRAY_TYPES:
+        return type(old) in ARRAY_TYPES and old.aval == new.aval
     if type(new) is dict and type(old) is dict and len(new) == len(old):
         for k, v in new.items():
             o: Any = old.get(k)  # (pyright would keep `.get`'s `None` below)
-            if is_concrete_array(v) and is_concrete_array(o):
+            if type(v) in ARRAY_TYPES and type(o) in ARRAY_TYPES:
                 if o.aval != v.aval:
                     return False
             elif not _same_avals(o, v):

@@ -173,13 +173,16 @@ def returns_self(fn: Callable) -> Callable:
     return fn
 
 
-def _plan(target, call: "Call", skip_returns_self: bool = False) -> list[list]:
+def _plan(
+    target, call: "Call", skip_returns_self: bool = False, nodes: list | None = None
+) -> list[list]:
     """The calls to make, as passes of `(path, node)`: the undecorated methods first,
-    then one pass per `call_order` level, ascending; each pass in traversal order."""
+    then one pass per `call_order` level, ascending; each pass in traversal order.
+    `nodes`: `iter_nodes(target)`, when the caller has it."""
     op, fn_name, fn_if_not_exist = call.op, call.fn_name, call.fn_if_not_exist
     exclude = to_predicate(call.node_to_exclude)
     undecorated, by_level, missing = [], {}, []
-    for path, node in iter_nodes(target):
+    for path, node in iter_nodes(target) if nodes is None else nodes:
         if exclude(path, node):
             continue
         _check_not_a_field(path, node, fn_name, op)
@@ -320,13 +323,20 @@ def _on_one_model(target: T, call: Call, key: PRNGKeyArray | None, instead: str)
     result is recorded as such, so that the transform's output is an ensemble whose
     record matches its arrays (a member's `init_state` may change its ranks, say by a
     batch axis, or create states)."""
-    at = single_view(target, call.op, instead)
-    out = call_all(target, call, key)
+    nodes, states = [], []  # (one walk finds both)
+    walk(
+        target,
+        node=lambda path, x: nodes.append((path, x)) or x,
+        state=lambda path, s: states.append((path, s)) or s,
+    )
+    at = single_view(target, call.op, instead, states)
+    out = call_all(target, call, key, nodes)
     return rewrite(out, at) if at is not None and at.mapped else out
 
 
-def call_all(target: T, call: Call, key: PRNGKeyArray | None) -> T:
-    """Runs `call` on every node of `target`, pass by pass (see `_plan`)."""
+def call_all(target: T, call: Call, key: PRNGKeyArray | None, nodes=None) -> T:
+    """Runs `call` on every node of `target`, pass by pass (see `_plan`); `nodes`:
+    `iter_nodes(target)`, when the caller has walked it already."""
     op, fn_name, args, kwargs = call.op, call.fn_name, call.args, call.kwargs
 
     def update(path, node):
@@ -342,7 +352,7 @@ def call_all(target: T, call: Call, key: PRNGKeyArray | None) -> T:
             )
         return result
 
-    for calls in _plan(target, call, skip_returns_self=True):
+    for calls in _plan(target, call, skip_returns_self=True, nodes=nodes):
         if calls:
             target = _run_pass(target, [path for path, _ in calls], update)
     return target

@@ -21,7 +21,7 @@ from jax.extend.core import find_top_trace
 from jaxtyping import ArrayLike, Bool, Int, PyTree
 
 from ._checks import positive_int
-from ._fields import replace_fields
+from ._fields import field, replace_fields
 from ._paths import is_state, iter_leaves, Path, path_repr
 from ._state import array_leaves, is_shared, member_ranks, State
 from ._walk import iter_states, map_states
@@ -146,18 +146,21 @@ def _no_level(path: Path, s: State, leaves: list, seen: int | None) -> str:
     )
 
 
-def view(tree: PyTree) -> View | None:
+def view(tree: PyTree, states: list | None = None) -> View | None:
     """The ensemble levels of `tree` as its batched states record them, or `None` if it
-    holds no batched state. Refuses states whose records disagree."""
+    holds no batched state. Refuses states whose records disagree. `states`: the
+    tree's `iter_states(tree, views=False)`, when the caller has walked it already."""
     found, fresh, blind = None, None, None
-    for path, s in iter_states(tree, views=False):
+    for path, s in iter_states(tree, views=False) if states is None else states:
+        if not field(s, "ensemble_shape"):  # (most states: read without `getattr`)
+            if fresh is None and not is_shared(s):
+                fresh = path
+            continue
         if is_shared(s):
             continue
         levels = _levels(path, s)
         if levels is None:
             blind = blind or View((), s.ensemble_shape, s.ensemble_sharding)
-        elif not s.ensemble_shape:
-            fresh = fresh or path
         elif found is None:
             found = (path, View(*levels, s.ensemble_sharding))
         elif levels != found[1][:2]:
@@ -224,10 +227,13 @@ def record(tree: T, size: int | None, sharding: Any = None) -> T:
     return map_states(one, tree, views=False)
 
 
-def single_view(tree: PyTree, op: str, instead: str) -> View | None:
+def single_view(
+    tree: PyTree, op: str, instead: str, states: list | None = None
+) -> View | None:
     """The view of a tree given to `op`, which runs on one model: refuses an ensemble,
-    naming `instead`. Inside a transform over the members, a member is one model."""
-    at = view(tree)
+    naming `instead`. Inside a transform over the members, a member is one model.
+    `states` as for `view`."""
+    at = view(tree, states)
     if at is not None and at.present:
         raise ValueError(
             f"`{op}` got {_an_ensemble(at)}, but it runs on one model. Use {instead}, "
@@ -598,7 +604,7 @@ def recorded_sharding(path: Path, s: State) -> Any:
     """The sharding a restore places `s`'s new value by: the one its record holds,
     unless a transform mapped ensemble levels away (the function sees members, which
     that sharding does not describe: placement is then the transform's)."""
-    sharding = s.ensemble_sharding
+    sharding = field(s, "ensemble_sharding")  # (per restored state: read directly)
     if sharding is None:
         return None
     levels = _levels(path, s)

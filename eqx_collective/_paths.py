@@ -103,6 +103,12 @@ def is_state(x: Any) -> bool:
     return _kind(x)[1]
 
 
+# The concrete JAX array types JAX defines, read from `jax.Array`'s subclasses (so
+# that importing makes no array): hot loops test `type(x) in ARRAY_TYPES`, whose miss
+# only takes a slower general path; `is_concrete_array` is the exact answer.
+ARRAY_TYPES = frozenset(
+    c for c in jax.Array.__subclasses__() if not issubclass(c, jax.core.Tracer)
+)
 _CONCRETE = ClassCache()
 
 
@@ -133,10 +139,10 @@ def flatten_value(value: Any) -> tuple[list, PyTreeDef, tuple[Path, ...]]:
     since many states share one and `tree_flatten_with_path` costs several times more
     than `tree_flatten`."""
     kind = type(value)
-    if is_concrete_array(value):
+    if kind in ARRAY_TYPES:
         return [value], _LEAF_TREEDEF, ((),)
     if kind is dict and all(
-        type(k) is str and is_concrete_array(v) for k, v in value.items()
+        type(k) is str and type(v) in ARRAY_TYPES for k, v in value.items()
     ):
         keys = tuple(sorted(value))
         layout = _DICT_LAYOUTS.get(keys)
@@ -167,7 +173,7 @@ def iter_value_leaves(path: Path, value: Any) -> list[tuple[Path, Any]]:
     return [
         (path + sub, x)
         for sub, x in zip(subpaths, leaves, strict=True)
-        if is_concrete_array(x)
+        if type(x) in ARRAY_TYPES
         or not (isinstance(x, u.Quantity) and x.mantissa is None)
     ]
 

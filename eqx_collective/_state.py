@@ -8,6 +8,8 @@ import jax.tree_util as jtu
 import wadler_lindig as wl
 from jaxtyping import PyTree
 
+from ._fields import field
+
 
 class _ShortQuantity:
     """Prints a `brainunit.Quantity` as `Quantity(f32[2,16], 'mV')`, its array
@@ -191,4 +193,5 @@ def member_ranks(value: Any, levels: int) -> tuple[int, ...]:
 
 def is_shared(state: State) -> bool:
     """Whether `state` is shared between the members of an ensemble (not batched)."""
-    return state.shared or isinstance(state, NonBatchState)
+    # (read without Equinox's `__getattribute__`: this runs per state of a walk)
+    return bool(field(state, "shared")) or issubclass(type(state), NonBatchState)

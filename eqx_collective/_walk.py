@@ -38,7 +38,7 @@ from ._fields import (
 )
 from ._paths import (
     _kind,
-    is_concrete_array,
+    ARRAY_TYPES,
     is_value_leaf,
     keypath_to_path,
     Path,
@@ -103,11 +103,11 @@ def map_states(
 
 def holds_arrays(value: Any) -> bool:
     """Whether a state's value holds at least one leaf (a placeholder does not)."""
-    if is_concrete_array(value):
+    if type(value) in ARRAY_TYPES:
         return True
     if type(value) is dict:
         for v in value.values():
-            if is_concrete_array(v) or holds_arrays(v):
+            if type(v) in ARRAY_TYPES or holds_arrays(v):
                 return True
         return False
     if value is None:

@@ -71,3 +71,18 @@ def test_equal_structures_with_keys_of_other_types_keep_their_own_paths():
     (((key,),),) = [flatten_value({0: x})[2]]
     assert key == 0 and type(key) is int  # (`False == 0`: the type tells)
     assert flatten_value({1.5: x, 2: [x]})[2] == ((1.5,), (2, 0))
+
+
+def test_the_fast_path_knows_jax_s_array_type():
+    # `ARRAY_TYPES` is read from `jax.Array`'s subclasses at import (no array made):
+    # the arrays JAX makes take the hot loops' fast path; tracers never do.
+    import jax
+    import jax.numpy as jnp
+
+    from eqx_collective._paths import ARRAY_TYPES, is_concrete_array
+
+    assert type(jnp.zeros(2)) in ARRAY_TYPES and is_concrete_array(jnp.zeros(2))
+    seen = []
+    jax.jit(lambda x: seen.append(type(x) in ARRAY_TYPES) or x)(jnp.zeros(2))
+    assert seen == [False]  # a tracer
+    assert not any(issubclass(t, jax.core.Tracer) for t in ARRAY_TYPES)
