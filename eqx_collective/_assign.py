@@ -80,8 +80,8 @@ class AssignResult(_Fields):
         ```
     """
 
-    # A tuple subclass without `__slots__` has a `__dict__`: `converted` lives there,
-    # so that iterating and unpacking give the three fields only.
+    # A tuple subclass without `__slots__` keeps instance attributes: `converted` lives
+    # there, so that iterating and unpacking give the three fields only.
     converted: list[Path]
 
     def __new__(cls, model, unexpected, missing, converted=()):
