@@ -184,14 +184,6 @@ class PlaceIndex:
                 dotted.setdefault(prefix + sub_text, []).append(place)
         return dotted
 
-    def leaf_at(self, where: tuple[int, Path, int | None]) -> Any:
-        """The leaf at a place `lookup` found, or `None` if the place is a sub-tree."""
-        i, sub, j = where
-        slot = self.slot(i)
-        if j is None and not sub and slot.subpaths == ((),):  # an array-valued state
-            j = 0
-        return None if j is None else slot.leaves[j]
-
     def lookup(self, key: Any) -> tuple[int, Path, int | None] | None:
         if isinstance(key, str):
             return self._lookup_dotted(key)
