@@ -210,23 +210,6 @@ def rewrite(tree: T, at: View) -> T:
     return map_states(one, tree, views=False)
 
 
-def record(tree: T, size: int | None, sharding: Any = None) -> T:
-    """`tree` with an outer ensemble axis of `size` added to the record of its batched
-    states (`size=None`: the outermost recorded axis removed instead), the arrays left
-    as they are and the member ranks kept. The operations use `view` and `rewrite`."""
-
-    def one(path, s):
-        if is_shared(s):
-            return s
-        shape = s.ensemble_shape[1:] if size is None else (size, *s.ensemble_shape)
-        ranks = s.member_ranks if shape else None
-        return replace_fields(
-            s, ensemble_shape=shape, member_ranks=ranks, ensemble_sharding=sharding
-        )
-
-    return map_states(one, tree, views=False)
-
-
 def single_view(
     tree: PyTree, op: str, instead: str, states: list | None = None
 ) -> View | None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 
 import eqx_collective as ec
+from eqx_collective._fields import replace_fields
 from eqx_collective._paths import is_state, keypath_to_path
 from eqx_collective._walk import iter_nodes, iter_states, map_states
 from eqx_collective.testing import module_trees
@@ -165,7 +166,9 @@ def test_per_class_caches_keep_no_class_alive():
 
 def test_an_ensemble_whose_record_disagrees_with_its_arrays_is_refused():
     ens = ec.make_ensemble(lambda k: ec.nn.Linear(2, 2, key=k), jax.random.key(0), 3)
-    wrong = eqx.tree_at(lambda m: m.weight, ens, ec._ensemble.record(ens.weight, 5))
+    # (an outer axis of 5 recorded over arrays that carry only the 3 members)
+    five = replace_fields(ens.weight, ensemble_shape=(5, *ens.weight.ensemble_shape))
+    wrong = eqx.tree_at(lambda m: m.weight, ens, five)
     with pytest.raises(ValueError, match="does not lead with an ensemble axis of 5"):
         ec.vmap_reset_all_states(wrong)
 
