@@ -279,11 +279,7 @@ def ensemble_size(ensemble: PyTree) -> int:
     axis (shapes never decide, so a single `nn.Linear(4, 4)` is not an ensemble of 4),
     or, for a tree without states, its arrays do not share a leading size.
     """
-    return _outer_size(ensemble, "ensemble_size")
-
-
-def _outer_size(tree: PyTree, op: str) -> int:
-    return ensemble_view(tree, op).present[0]
+    return ensemble_view(ensemble, "ensemble_size").present[0]
 
 
 def ensemble_view(tree: PyTree, op: str) -> View:
