@@ -130,6 +130,12 @@ def make(cls: type[M], values: dict[str, Any]) -> M:
     return new
 
 
+# `make` as two builtin calls, for generated code that builds hundreds of modules per
+# call (`_jit_build`): `new, set, name = MAKE_STEPS`, then `set(m := new(cls), name,
+# values)`. It saves a Python frame per module, about a third of the cost.
+MAKE_STEPS = (object.__new__, object.__setattr__, "__dict__")
+
+
 def replace_fields(module: M, **changes: Any) -> M:
     """`module` with the given fields replaced, as `eqx.tree_at` would return it. It
     works for fields holding `None` too (where `eqx.tree_at` needs an `is_leaf`)."""

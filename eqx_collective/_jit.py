@@ -26,14 +26,14 @@ The wrapper is an `eqx.Module` holding the function, so a jitted model is a pytr
 the model's leaves, as with `eqx.filter_jit`.
 """
 
-import contextlib
 import functools as ft
 import inspect
 import logging
+import operator
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import equinox as eqx
@@ -41,6 +41,7 @@ import jax
 import jax.core
 import jax.numpy as jnp
 
+from . import _fields
 from ._jit_build import Builder
 from ._jit_parts import Key, Part, split
 
@@ -62,12 +63,13 @@ class _Cache:
     in `eqx.filter_jit`), by argument keys; and the parts of its last call and
     output, by `id`. Hashed by identity: it is a static field of the wrapper."""
 
-    __slots__ = ("entries", "kept", "keys", "__weakref__")
+    __slots__ = ("entries", "kept", "keys", "last", "__weakref__")
 
     def __init__(self):
         self.entries: dict[tuple, Any] = {}
         self.kept: dict[int, Part] = {}
         self.keys: weakref.WeakValueDictionary[Key, Key] = weakref.WeakValueDictionary()
+        self.last: tuple | None = None  # the last call's `(donate, keys, jax.jit)`
 
 
 # Like `eqx.filter_jit`, compiled functions are shared by every wrapper of the same
@@ -101,6 +103,7 @@ def clear_caches() -> None:
         cache.entries.clear()
         cache.kept.clear()
         cache.keys.clear()
+        cache.last = None
     _FUNCTION_CACHES.clear()
     _OTHER_CACHES.clear()
 
@@ -126,28 +129,27 @@ class _Out:
     part (the elements of a returned tuple, or the whole output). The auxiliary data
     of a childless pytree node, so `jax.jit` hands it back with the output arrays."""
 
-    __slots__ = ("split", "builders", "keys", "own_keys", "checkable")
+    __slots__ = ("split", "parts")
 
     def __init__(self, out: Any, parts: list[Part], name: str):
         self.split = type(out) is tuple
-        self.builders = [Builder(p.root, name) for p in parts]
-        self.keys = [p.key for p in parts]
-        self.own_keys = [p.own_key for p in parts]
-        self.checkable = [p.verifiable for p in parts]
+        # (builder, key, own key, whether kept: a tree `Part.holds` can vouch for)
+        self.parts = [
+            (Builder(p.root, name), p.key, p.own_key, p.verifiable and p.is_tree)
+            for p in parts
+        ]
 
     def build(self, arrays: list) -> tuple[Any, list[Part]]:
-        """The output from its arrays, and its parts to keep (none under an outer
+        """The output from its arrays, and its trees to keep (none under an outer
         transformation: tracers are never kept)."""
         keep = not (arrays and isinstance(arrays[0], jax.core.Tracer))
         trees, parts, i = [], [], 0
-        for builder, key, own_key, checkable in zip(
-            self.builders, self.keys, self.own_keys, self.checkable, strict=True
-        ):
+        for builder, key, own_key, kept in self.parts:
             own = arrays[i : i + builder.num_arrays]
             i += builder.num_arrays
             tree, dicts, lists, values, items = builder.build(own)
             trees.append(tree)
-            if keep and checkable:
+            if keep and kept:
                 held = (builder.lens, builder.keys, values, items)
                 part = Part(tree, own, key, dicts, lists, True, True, held, own_key)
                 parts.append(part)
@@ -158,6 +160,121 @@ jax.tree_util.register_pytree_node(_Out, lambda o: ((), o), lambda o, _: o)
 
 
 _NO_KWARGS: dict = {}  # (never mutated: the keyword arguments of a positional call)
+# JAX logs a failed callback here; hidden during our calls (`_Call.run`).
+_CALLBACK_LOGGER = logging.getLogger("jax._src.callback")
+
+
+class _Call:
+    """How a wrapper calls: its function's signature and cache, and its donation. A
+    plain object, so that a call reads it once instead of each static field of the
+    wrapper; equal for equal signatures, caches and donations (so that wrappers of one
+    function are equal pytrees)."""
+
+    __slots__ = ("signature", "low", "high", "cache", "donate", "quiet", "flags", "any")
+
+    def __init__(self, fn: Callable, cache: _Cache, donate: str):
+        self.signature = inspect.signature(fn)
+        self.low, self.high = _positional_counts(self.signature)
+        self.cache, self.donate = cache, donate
+        self.quiet, first, rest = _DONATE[donate]
+        # Whether each part is donated, by number of parts (function, arguments,
+        # keyword arguments).
+        self.flags = lambda n: (
+            (rest, first, *[rest] * (n - 2)) if n > 2 else (rest,) * n
+        )
+        self.any = first or rest  # (whether anything is donated)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Call and (
+            (self.cache, self.donate, self.signature)
+            == (other.cache, other.donate, other.signature)
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.cache), self.donate))
+
+    def parts(self, fn: Callable, args: tuple, kwargs: dict) -> list[Part]:
+        """The parts of a call: the function, each positional argument (as bound by
+        the signature), the keyword arguments. A tree kept from the last call that
+        still holds what it held is not split again."""
+        if kwargs or not self.low <= len(args) <= self.high:
+            bound = self.signature.bind(*args, **kwargs)
+            args, kwargs = bound.args, bound.kwargs
+        else:
+            kwargs = _NO_KWARGS  # (what `Signature.bind` would give)
+        kept, known, parts = self.cache.kept, self.cache.keys, []
+        for x in (fn, *args, kwargs):
+            part = kept.get(id(x))
+            if (
+                part is None
+                or part.root is not x
+                or (part.mutable and not part.holds())
+            ):
+                part = split(x, known)
+            parts.append(part)
+        return parts
+
+    def arrays(self, parts: list[Part]) -> tuple[list, list]:
+        """The parts' lists of arrays: `(donated, kept)`."""
+        if not self.any:
+            return [], [p.arrays for p in parts]
+        donated, kept = [], []
+        for part, flag in zip(parts, self.flags(len(parts)), strict=True):
+            (donated if flag else kept).append(part.arrays)
+        return donated, kept
+
+    def entry(self, wrapper: "_JitWrapper", parts: list[Part]) -> Any:
+        """The `jax.jit` for the parts' keys (made on first sight; the last call's
+        compared first, by identity: equal keys are one object)."""
+        keys, cache = [p.key for p in parts], self.cache
+        last = cache.last
+        if last is not None and last[0] == self.donate and len(keys) == len(last[1]):
+            if all(map(operator.is_, keys, last[1])):
+                return last[2]
+        entries = cache.entries
+        entry = entries.get((self.donate, *keys))
+        if entry is None:
+            own_keys = tuple(p.own_key for p in parts)
+            entry = _make_entry(wrapper.fn, self.flags(len(keys)), own_keys, cache)
+            entries[(self.donate, *keys)] = entry
+        cache.last = (self.donate, keys, entry)
+        return entry
+
+    def run(self, compiled: Callable, parts: list[Part], keep: bool) -> Any:
+        """Calls `compiled` on the parts' arrays and waits for it, as `eqx.filter_jit`
+        does (so that an `eqx.error_if` raises here); returns the output, built while
+        the computation runs. If `keep`, this call's trees are then kept, letting go of
+        the last call's."""
+        donated, kept = self.arrays(parts)
+        _CALLBACK_LOGGER.addFilter(_QUIET_CALLBACKS)
+        try:
+            if self.quiet:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore", message="Some donated buffers were not usable"
+                    )
+                    marker, arrays, out = compiled(donated, kept)
+            else:
+                marker, arrays, out = compiled(donated, kept)
+            result, out_parts = out.build(arrays)
+            if not isinstance(marker, jax.core.Tracer):
+                marker.block_until_ready()
+            if keep:
+                # This call's arguments and its output's trees (not bare arrays,
+                # whose buffers would be held for nothing). Replaced once the
+                # computation is done: freeing the last call's arrays while it runs
+                # costs three times as much (measured; PjRt's CPU client).
+                kept = {id(p.root): p for p in out_parts}
+                for p in parts:
+                    if p.checkable:
+                        kept[id(p.root)] = p
+                self.cache.kept = kept
+        except (jax.errors.JaxRuntimeError, ValueError) as e:  # (as `eqx.filter_jit`)
+            _raise_runtime_error(e)
+            raise
+        finally:
+            _CALLBACK_LOGGER.removeFilter(_QUIET_CALLBACKS)
+        return result
 
 
 class _JitWrapper(eqx.Module):
@@ -166,24 +283,24 @@ class _JitWrapper(eqx.Module):
 
     fn: Callable
     donate: str = eqx.field(static=True)
-    _signature: inspect.Signature = eqx.field(static=True, repr=False)
-    _positional: tuple[float, float] = eqx.field(static=True, repr=False)
-    _cache: _Cache = eqx.field(static=True, repr=False)
+    _call: _Call = eqx.field(static=True, repr=False)
 
     @property
     def __wrapped__(self) -> Callable:
         return self.fn
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        parts = _parts(self, args, kwargs)
-        return _run(self, _entry(self, parts), parts, self._cache)
+        fields = _fields.fields(self)  # (`self._call` and `self.fn`, read faster)
+        call = fields["_call"]
+        parts = call.parts(fields["fn"], args, kwargs)
+        return call.run(call.entry(self, parts), parts, keep=True)
 
     def lower(self, /, *args: Any, **kwargs: Any) -> "Lowered":
         """Lowers the function for these arguments (ahead-of-time compilation, as
         `eqx.filter_jit(fn).lower`): `.as_text()`, `.compile(compiler_options=...)`."""
-        parts = _parts(self, args, kwargs)
-        donated, kept = _arrays(self, parts)
-        return Lowered(_entry(self, parts).lower(donated, kept), self)
+        call = self._call
+        parts = call.parts(self.fn, args, kwargs)
+        return Lowered(call.entry(self, parts).lower(*call.arrays(parts)), self)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:
@@ -213,62 +330,18 @@ class Compiled(eqx.Module):
     wrapper: _JitWrapper
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        parts = _parts(self.wrapper, args, kwargs)
-        return _run(self.wrapper, self.compiled, parts, None)
+        call = self.wrapper._call
+        parts = call.parts(self.wrapper.fn, args, kwargs)
+        return call.run(self.compiled, parts, keep=False)
 
 
-def _parts(wrapper: _JitWrapper, args: tuple, kwargs: dict) -> list[Part]:
-    """The parts of a call: the function, each positional argument (as bound by the
-    signature), the keyword arguments. A tree kept from the last call that still holds
-    what it held is not split again."""
-    low, high = wrapper._positional
-    if kwargs or not low <= len(args) <= high:
-        bound = wrapper._signature.bind(*args, **kwargs)
-        args, kwargs = bound.args, bound.kwargs
-    else:
-        kwargs = (
-            _NO_KWARGS  # (what `Signature.bind` would give, kept from call to call)
-        )
-    cache = wrapper._cache
-    kept, parts = cache.kept, []
-    for x in (wrapper.fn, *args, kwargs):
-        part = kept.get(id(x))
-        if part is None or part.root is not x or not part.holds():
-            part = split(x, cache.keys)
-        parts.append(part)
-    return parts
-
-
-def _donated(wrapper: _JitWrapper, n: int) -> tuple[bool, ...]:
-    """Which of `n` parts (function, arguments, keyword arguments) are donated."""
-    _, first, rest = _DONATE[wrapper.donate]
-    return (rest, first, *[rest] * (n - 2)) if n > 2 else (rest, rest)
-
-
-def _arrays(wrapper: _JitWrapper, parts: list[Part]) -> tuple[list, list]:
-    donated, kept = [], []
-    for part, flag in zip(parts, _donated(wrapper, len(parts)), strict=True):
-        (donated if flag else kept).append(part.arrays)
-    return donated, kept
-
-
-def _entry(wrapper: _JitWrapper, parts: list[Part]) -> Any:
-    """The `jax.jit` for the parts' keys (made on first sight)."""
-    keys = tuple(p.key for p in parts)
-    entries = wrapper._cache.entries
-    entry = entries.get((wrapper.donate, keys))
-    if entry is None:
-        own_keys = tuple(p.own_key for p in parts)
-        entry = entries[wrapper.donate, keys] = _make_entry(wrapper, own_keys)
-    return entry
-
-
-def _make_entry(wrapper: _JitWrapper, keys: tuple[Key, ...]) -> Any:
+def _make_entry(fn: Any, flags: tuple, keys: tuple[Key, ...], cache: _Cache) -> Any:
     """A `jax.jit` of the function over the parts' arrays. (It holds the keys, never
-    the wrapper: the cache outlives it, and must not hold a jitted model's arrays.)"""
-    flags, known = _donated(wrapper, len(keys)), wrapper._cache.keys
-    name = getattr(wrapper.fn, "__name__", None)
-    name = name if isinstance(name, str) else type(wrapper.fn).__name__
+    the wrapper or `fn`: the cache outlives them, and must not hold a jitted model's
+    arrays.)"""
+    known = cache.keys
+    name = getattr(fn, "__name__", None)
+    name = name if isinstance(name, str) else type(fn).__name__
 
     def traced(donated: list, kept: list) -> tuple:
         d, k = iter(donated), iter(kept)
@@ -298,6 +371,7 @@ class _QuietCallbacks(logging.Filter):
         )
 
 
+_QUIET_CALLBACKS = _QuietCallbacks()
 _ERROR = """Above is the stack outside of JIT. (`ec.filter_jit` does not show the stack \
 inside JIT.)
 
@@ -311,49 +385,13 @@ variable `EQX_ON_ERROR=breakpoint` is usually the most useful way to debug it; s
 """
 
 
-@contextlib.contextmanager
-def _runtime_errors() -> Iterator[None]:
-    """Raises an `eqx.error_if` failure as an `eqx.EquinoxRuntimeError`, with JAX's log
-    line for the failed callback hidden, as `eqx.filter_jit` does."""
-    logger, quiet = logging.getLogger("jax._src.callback"), _QuietCallbacks()
-    logger.addFilter(quiet)
-    try:
-        yield
-    except (jax.errors.JaxRuntimeError, ValueError) as e:  # (as `eqx.filter_jit`)
-        text = str(e)
-        if "_EquinoxRuntimeError: " not in text:
-            raise
+def _raise_runtime_error(error: Exception) -> None:
+    """Raises an `eqx.error_if` failure as an `eqx.EquinoxRuntimeError`, as
+    `eqx.filter_jit` does; returns for any other error."""
+    text = str(error)
+    if "_EquinoxRuntimeError: " in text:
         msg = text.split("_EquinoxRuntimeError: ", 1)[1].split("\n\n", 1)[0].strip()
         raise eqx.EquinoxRuntimeError(_ERROR.format(msg=msg)) from None
-    finally:
-        logger.removeFilter(quiet)
-
-
-def _run(
-    wrapper: _JitWrapper, compiled: Callable, parts: list[Part], cache: _Cache | None
-) -> Any:
-    """Calls `compiled` on the parts' arrays and waits for it, as `eqx.filter_jit`
-    does (so that an `eqx.error_if` raises here); returns the output. While the
-    computation runs, the output is built and (into `cache`) this call's trees are
-    kept, letting go of the last call's."""
-    donated, kept = _arrays(wrapper, parts)
-    with _runtime_errors(), warnings.catch_warnings():
-        if _DONATE[wrapper.donate][0]:
-            warnings.filterwarnings(
-                "ignore", message="Some donated buffers were not usable"
-            )
-        marker, arrays, out = compiled(donated, kept)
-    result, out_parts = out.build(arrays)
-    if cache is not None:
-        # This call's arguments and its output's trees (not bare arrays, whose
-        # buffers would be held for nothing).
-        kept = {id(p.root): p for p in out_parts if p.checkable and p.is_tree}
-        kept.update((id(p.root), p) for p in parts if p.checkable)
-        cache.kept = kept
-    if not isinstance(marker, jax.core.Tracer):
-        with _runtime_errors():
-            marker.block_until_ready()
-    return result
 
 
 def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:
@@ -408,8 +446,5 @@ def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:
             f"`filter_jit(..., donate=...)` must be one of 'all', 'all-except-first', "
             f"'warn', 'warn-except-first' or 'none', but got {donate!r}."
         )
-    signature = inspect.signature(fn)
-    wrapper = _JitWrapper(
-        fn, donate, signature, _positional_counts(signature), _cache_for(fn)
-    )
+    wrapper = _JitWrapper(fn, donate, _Call(fn, _cache_for(fn), donate))
     return eqx.module_update_wrapper(wrapper)

@@ -27,7 +27,8 @@ class Builder:
     """`build(arrays) -> (tree, dicts, lists)` for trees shaped like `example`."""
 
     def __init__(self, example: Any, name: str):
-        self.consts: dict[str, Any] = {"_new": _fields.make}
+        new, set_attr, name = _fields.MAKE_STEPS
+        self.consts: dict[str, Any] = {"_new": new, "_set": set_attr, "_fields": name}
         self.lines: list[str] = []
         self.arrays: list[str] = []
         self.dicts: list[str] = []
@@ -99,8 +100,9 @@ class Builder:
                 f"{n!r}: {exprs[n] if n in exprs else self._const(v)}"
                 for n, v in fields.items()
             )
-            expr = f"_new({self._const(cls)}, {{{items}}})"
-            return self._assign(expr), arrays, frozen
+            var = self._assign(f"_new({self._const(cls)})")
+            self.lines.append(f"_set({var}, _fields, {{{items}}})")
+            return var, arrays, frozen
         if cls is dict:
             keys = list(x) if len(x) < 2 else sorted(x)  # (`jax.tree_util`'s order)
             parts, arrays, _ = self._visit_all([x[k] for k in keys])

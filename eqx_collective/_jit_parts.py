@@ -107,6 +107,7 @@ class Part:
 
     __slots__ = (
         *("root", "arrays", "key", "own_key", "verifiable", "checkable", "is_tree"),
+        "mutable",
         *("_dicts", "_lists", "_held"),
     )
 
@@ -127,6 +128,7 @@ class Part:
         # own static leaves (`0` and `False` are equal keys, but not the same leaf).
         self.own_key = key if own_key is None else own_key
         self._dicts, self._lists = dicts, lists
+        self.mutable = bool(dicts or lists)  # (else `holds` is always true)
         self.verifiable = verifiable  # only dicts, lists and immutable nodes inside
         if concrete is None:
             concrete = not any(isinstance(a, jax.core.Tracer) for a in arrays)

@@ -1,4 +1,5 @@
 import doctest
+import functools as ft
 import gc
 import warnings
 import weakref
@@ -970,3 +971,21 @@ def test_equal_static_leaves_of_two_arguments_keep_their_own_values():
     for args in [((0,), (False,)), ((False,), (0,)), ((1.0,), (True,))]:
         _assert_same_output(ours(*args), theirs(*args))
     assert counts["ours"] == counts["eqx"]
+
+
+def test_wrappers_of_one_function_are_equal_and_each_binds_its_own_signature():
+    # Callable objects of one type share compiled functions (as in Equinox); each
+    # wrapper still binds arguments by its own object's signature.
+    def f(x):
+        return x + 1
+
+    assert ec.filter_jit(f) == ec.filter_jit(f)
+    assert ec.filter_jit(f) != ec.filter_jit(f, donate="all")
+    one = ec.filter_jit(ft.partial(lambda a, x: a * x, 2.0))
+    two = ec.filter_jit(ft.partial(lambda a, b, x=1.0: a * b * x, 2.0))
+    x = jnp.ones(2)
+    assert_trees_equal(one(x), 2.0 * x)
+    assert_trees_equal(two(3.0, x=x), 6.0 * x)
+    assert two(3.0) == 6.0  # (no array in: a static output, as in Equinox)
+    with pytest.raises(TypeError):
+        one(x, x)  # (the signature of `one`, not of `two`)
