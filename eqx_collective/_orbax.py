@@ -10,10 +10,16 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _checkpoint_format as fmt
-from ._checkpoint import collect_states, finish_load, LoadResult, Rename, renamed
+from ._checkpoint import (
+    collect_states,
+    finish_load,
+    LoadResult,
+    match,
+    model_leaf,
+    Rename,
+    renamed,
+)
 from ._filters import Filter
-from ._paths import iter_value_leaves, Path
-from ._views import states as _states
 
 
 def _orbax(op: str):
@@ -135,8 +141,8 @@ def load_sharded(
         names = {e["path"]: e["name"] for e, _ in entries}
         records = {e["path"]: r for e, r in entries}
         names, records = renamed("load_sharded", name, names, records, rename)
-        targets = _target_leaves(model)
-        wanted = {n: targets.get(path) for path, n in names.items()}
+        index, places = match(name, "load_sharded", model, records)
+        wanted = {n: _stored(model_leaf(index, places[p])) for p, n in names.items()}
         restore_args = {
             n: _restore_arg(ocp, wanted.get(n), stored[n]) for n in stored
         }  # (every array, as orbax restores them all: the unwanted to the host)
@@ -146,7 +152,7 @@ def load_sharded(
         arrays = checkpointer.restore(directory, args=args)["arrays"]
     by_name = {e["name"]: e for e, _ in entries}
     values = {p: _leaf(arrays[n], by_name[n]) for p, n in names.items()}
-    return finish_load(name, "load_sharded", model, values, records, strict)
+    return finish_load(name, "load_sharded", model, index, places, values, strict)
 
 
 def _check_path(directory: Any, op: str) -> None:
@@ -178,18 +184,14 @@ def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], dict[str, dict]]:
     return entries, stored
 
 
-def _target_leaves(model: PyTree) -> dict[Path, Any]:
-    """The model's leaves by leaf path, as stored (mantissas, PRNG key data)."""
-    out = {}
-    for path, state in _states(model).items():
-        for leaf_path, leaf in iter_value_leaves(path, state.value):
-            if isinstance(leaf, u.Quantity):
-                leaf = leaf.mantissa
-            dtype = getattr(leaf, "dtype", None)
-            if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-                leaf = jax.random.key_data(leaf)
-            out[leaf_path] = leaf
-    return out
+def _stored(leaf: Any) -> Any:
+    """A leaf of the model as stored (a mantissa, PRNG key data)."""
+    if isinstance(leaf, u.Quantity):
+        leaf = leaf.mantissa
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return leaf
 
 
 def _restore_arg(ocp, target: Any, stored: dict):
