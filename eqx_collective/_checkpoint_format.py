@@ -368,32 +368,43 @@ def check(value: Any, schema: Any, where: str = "") -> None:
 def _valid(value: Any, schema: Any) -> bool:
     kind = type(schema)
     if kind is dict:
-        if type(value) is not dict:
+        required, allowed, items = _fields_of(schema)
+        if type(value) is not dict or not required <= value.keys() <= allowed:
             return False
-        for key in value:
-            if key not in schema and key + "?" not in schema:
-                return False
-        for key, sub in schema.items():
-            if key[-1] == "?":
-                key = key[:-1]
-                if key not in value:
-                    continue
-            elif key not in value:
-                return False
-            if not _valid(value[key], sub):
+        for key, sub in items:
+            if key in value and not _valid(value[key], sub):
                 return False
         return True
     if kind is list:
-        sub = schema[0]
-        return type(value) is list and all(_valid(x, sub) for x in value)
+        if type(value) is not list:
+            return False
+        for x in value:
+            if not _valid(x, schema[0]):
+                return False
+        return True
     if kind is Each:
-        sub = schema.schema
-        return type(value) is dict and all(_valid(x, sub) for x in value.values())
+        return type(value) is dict and all(
+            _valid(x, schema.schema) for x in value.values()
+        )
     if kind is frozenset:
         return type(value) is str and value in schema
     if kind is type:
         return type(value) is schema
     return bool(schema(value))
+
+
+def _fields_of(schema: dict) -> tuple:
+    """`(required keys, allowed keys, (key, sub-schema) pairs)` of an object schema
+    (one of this module's constants, so its `id` is stable)."""
+    got = _FIELDS.get(id(schema))
+    if got is None:
+        subs = {k.rstrip("?"): sub for k, sub in schema.items()}
+        required = frozenset(k for k in schema if k[-1] != "?")
+        got = _FIELDS[id(schema)] = (required, frozenset(subs), tuple(subs.items()))
+    return got
+
+
+_FIELDS: dict[int, tuple] = {}
 
 
 def _locate(value: Any, schema: Any, where: str) -> None:
@@ -460,20 +471,28 @@ def entries(metadata: Any) -> list[tuple[dict, dict]]:
     for record in metadata["states"]:
         path = tuple(record["path"])
         for e in record["leaves"]:
-            expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
-            names.add(e["name"])
-            leaf_path = path_of_name(e["name"])
-            expect(
-                leaf_path[: len(path)] == path,
-                f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
-            )
-            expect(
-                (e["dtype"] == "key") == ("key_impl" in e),
-                f"the tensor {e['name']!r} has a 'key_impl' only if its dtype is 'key'",
-            )
+            name, leaf_path = e["name"], path_of_name(e["name"])
+            if (
+                name in names
+                or leaf_path[: len(path)] != path
+                or (e["dtype"] == "key") != ("key_impl" in e)
+            ):  # (the messages are built only when needed)
+                _refuse_leaf(e, names, path, leaf_path)
+            names.add(name)
             e["path"] = leaf_path
             out.append((e, record))
     return out
+
+
+def _refuse_leaf(e: dict, names: set, path: Path, leaf_path: Path) -> None:
+    expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
+    expect(
+        leaf_path[: len(path)] == path,
+        f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
+    )
+    raise BadFile(
+        f"the tensor {e['name']!r} has a 'key_impl' only if its dtype is 'key'"
+    )
 
 
 # --------------------------------------------------------------------------- saving
