@@ -633,17 +633,13 @@ def _to_devices(hosts: list[_Host]) -> None:
     placed by default as JAX places a new array (uncommitted)."""
     if not hosts:
         return
-    shardings = []
-    for h in hosts:
-        old = h.old.mantissa if isinstance(h.old, u.Quantity) else h.old
-        placed = is_concrete_array(old) and old.committed
-        shardings.append(old.sharding if placed else None)
-    arrays = [h.array() for h in hosts]
-    if any(s is not None for s in shardings):
-        moved = jax.device_put(arrays, shardings)
-    else:
-        moved = jax.device_put(arrays)
-    del arrays
+    olds = [h.old.mantissa if isinstance(h.old, u.Quantity) else h.old for h in hosts]
+    shardings = [
+        old.sharding if is_concrete_array(old) and old.committed else None
+        for old in olds
+    ]
+    placed = any(s is not None for s in shardings)
+    moved = jax.device_put([h.array() for h in hosts], shardings if placed else None)
     for h, array in zip(hosts, moved, strict=True):
         h.leaves[h.t] = array if h.unit is None else u.Quantity(array, unit=h.unit)
 

@@ -1,7 +1,6 @@
 """Checkpoint files: `save_states` and `load_states` (safetensors), and the
 `LoadResult` that loads return."""
 
-import functools
 import os
 import secrets
 import shutil
@@ -12,10 +11,8 @@ from typing import Any, BinaryIO, cast, TypeGuard
 import equinox as eqx
 import jax
 import numpy as np
-import safetensors.numpy
 from jaxtyping import PyTree
 from safetensors import (
-    deserialize,
     safe_open,
     SafetensorError,
     serialize,
@@ -341,10 +338,8 @@ def _read(f: Any, entries: dict, index: PlaceIndex, places: dict) -> dict[Path, 
 
 def _put(chunk: list) -> dict:
     paths, arrays, shardings = map(list, zip(*chunk, strict=True))
-    if any(s is not None for s in shardings):
-        moved = jax.device_put(arrays, shardings)
-    else:
-        moved = jax.device_put(arrays)
+    placed = any(s is not None for s in shardings)
+    moved = jax.device_put(arrays, shardings if placed else None)
     return dict(zip(paths, moved, strict=True))
 
 
@@ -359,15 +354,9 @@ def _tensor(f: Any, entry: dict) -> np.ndarray:
         code = f.get_slice(name).get_dtype()
         raise fmt.BadFile(
             f"the tensor {name!r} is stored as {code}, but its metadata says "
-            f"{entry['dtype']} (stored as {_code(expected)})"
+            f"{entry['dtype']} (stored as {expected})"
         )
     return array
-
-
-@functools.cache
-def _code(dtype: np.dtype) -> str:
-    """safetensors' dtype code for `dtype`, as its own writer records it."""
-    return deserialize(safetensors.numpy.save({"x": np.zeros(0, dtype)}))[0][1]["dtype"]
 
 
 def model_leaf(index: PlaceIndex, where: Any) -> Any:

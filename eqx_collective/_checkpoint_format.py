@@ -358,39 +358,36 @@ SCHEMA = {
 STORED = Each({"shape": lambda s: type(s) is list and all(map(_size, s)), "dtype": str})
 
 
-def check(value: Any, schema: Any, where: str = "") -> None:
+def check(value: Any, schema: Any, where: tuple = ()) -> None:
     """`BadFile` naming the first place (`states[0].shared`) where `value` (parsed
-    JSON) breaks `schema`."""
-    if not _valid(value, schema):  # (a quick answer first: no message built)
-        _locate(value, schema, where)
-
-
-def _valid(value: Any, schema: Any) -> bool:
+    JSON) breaks `schema`. `where` is that place as parts (a key, an `int` index, a
+    1-tuple: a key of an `Each`), made text only for the message."""
     kind = type(schema)
     if kind is dict:
         required, allowed, items = _fields_of(schema)
-        if type(value) is not dict or not required <= value.keys() <= allowed:
-            return False
+        if type(value) is not dict:
+            _fail(where, "is not a JSON object")
+        if not value.keys() <= allowed:
+            _fail(where, f"has unknown fields {sorted(value.keys() - allowed)}")
+        if not required <= value.keys():
+            _fail(where, f"has no {sorted(required - value.keys())[0]!r}")
         for key, sub in items:
-            if key in value and not _valid(value[key], sub):
-                return False
-        return True
-    if kind is list:
-        if type(value) is not list:
-            return False
-        for x in value:
-            if not _valid(x, schema[0]):
-                return False
-        return True
-    if kind is Each:
-        return type(value) is dict and all(
-            _valid(x, schema.schema) for x in value.values()
-        )
-    if kind is frozenset:
-        return type(value) is str and value in schema
-    if kind is type:
-        return type(value) is schema
-    return bool(schema(value))
+            if key in value:
+                check(value[key], sub, (*where, key))
+    elif kind is list or kind is Each:
+        if type(value) is not (list if kind is list else dict):
+            _fail(where, "is not a list" if kind is list else "is not a JSON object")
+        sub = schema[0]
+        for key, item in enumerate(value) if kind is list else value.items():
+            check(item, sub, (*where, key if kind is list else (key,)))
+    elif kind is frozenset:
+        if type(value) is not str or value not in schema:
+            _fail(where, f"is {value!r}, which is not one of {sorted(schema)}")
+    elif kind is type:
+        if type(value) is not schema:
+            _fail(where, f"is not a {schema.__name__}")
+    elif not schema(value):
+        _fail(where, f"is not valid ({str(value)[:100]})")
 
 
 def _fields_of(schema: dict) -> tuple:
@@ -407,38 +404,14 @@ def _fields_of(schema: dict) -> tuple:
 _FIELDS: dict[int, tuple] = {}
 
 
-def _locate(value: Any, schema: Any, where: str) -> None:
-    """`check`'s message: the first place where `value` breaks `schema`."""
-    if type(schema) is dict:
-        _expect_at(type(value) is dict, where, "is not a JSON object")
-        unknown = sorted(k for k in value if k not in schema and k + "?" not in schema)
-        _expect_at(not unknown, where, f"has unknown fields {unknown}")
-        for key, sub in schema.items():
-            name = key.rstrip("?")
-            if name in value:
-                _locate(value[name], sub, f"{where}.{name}" if where else name)
-            else:
-                _expect_at(key[-1] == "?", where, f"has no {name!r}")
-    elif type(schema) is list:
-        _expect_at(type(value) is list, where, "is not a list")
-        for i, item in enumerate(value):
-            _locate(item, schema[0], f"{where}[{i}]")
-    elif type(schema) is Each:
-        _expect_at(type(value) is dict, where, "is not a JSON object")
-        for key, item in value.items():
-            _locate(item, schema.schema, f"{where}[{key!r}]")
-    elif type(schema) is frozenset:
-        ok = type(value) is str and value in schema
-        _expect_at(ok, where, f"is {value!r}, which is not one of {sorted(schema)}")
-    elif isinstance(schema, type):
-        _expect_at(type(value) is schema, where, f"is not a {schema.__name__}")
-    else:
-        _expect_at(schema(value), where, f"is not valid ({str(value)[:100]})")
-
-
-def _expect_at(cond: bool, where: str, problem: str) -> None:
-    if not cond:
-        raise BadFile(f"its metadata is invalid: {where or 'it'} {problem}")
+def _fail(where: tuple, problem: str) -> None:
+    parts = (
+        f"[{p}]" if type(p) is int else f"[{p[0]!r}]" if type(p) is tuple else f".{p}"
+        for p in where
+    )
+    raise BadFile(
+        f"its metadata is invalid: {''.join(parts).removeprefix('.') or 'it'} {problem}"
+    )
 
 
 def loads(text: Any) -> list[tuple[dict, dict]]:
@@ -572,7 +545,8 @@ def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
             ],
         )
     suffixes = cached[1]
-    prefix = ".".join(map(str, path)) if path and _dotted(path) else None
+    simple = all(_is_simple(p) if type(p) is str else p >= 0 for p in path)  # (normal)
+    prefix = ".".join(map(str, path)) if path and simple else None
     return [
         prefix + s
         if prefix is not None and s is not None and prefix + s != _RESERVED

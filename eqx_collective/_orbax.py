@@ -167,7 +167,7 @@ def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], dict[str, dict]]:
     """The `(entry, state record)` of each tensor, in order, and the stored shape and
     dtype of each tensor by name; `BadFile` if the metadata is invalid."""
     stored = metadata.get("stored") if isinstance(metadata, dict) else None
-    fmt.check(stored, fmt.STORED, "its metadata's 'stored' record")
+    fmt.check(stored, fmt.STORED, ("its metadata's 'stored' record",))
     assert isinstance(metadata, dict) and isinstance(stored, dict)
     entries = fmt.entries({k: v for k, v in metadata.items() if k != "stored"})
     fmt.expect(
