@@ -287,20 +287,14 @@ def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
                 f"truncated ({e})"
             ) from None
         with f:
-            listed = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
-            names, in_metadata = set(f.keys()), {e["name"] for e, _ in listed}
-            extra, absent = names - in_metadata, in_metadata - names
-            fmt.expect(
-                not extra, f"it holds tensors not in its metadata: {sorted(extra)}"
-            )
-            fmt.expect(
-                not absent, f"the tensors {sorted(absent)} of its metadata are absent"
-            )
-            entries = {e["path"]: e for e, _ in listed}
-            records = {e["path"]: r for e, r in listed}
-            entries, records = renamed("load_states", name, entries, records, rename)
-            index, places = match(name, "load_states", model, records)
-            values = _read(f, entries, index, places)
+            leaves = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
+            names, listed = set(f.keys()), {e["name"] for e, _ in leaves.values()}
+            extra, absent = sorted(names - listed), sorted(listed - names)
+            fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
+            fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
+            leaves = renamed("load_states", name, leaves, rename)
+            index, places = match(name, "load_states", model, leaves)
+            values = _read(f, leaves, index, places)
         return finish_load(name, "load_states", model, index, places, values, strict)
     except fmt.BadFile as e:
         raise ValueError(
@@ -312,15 +306,15 @@ def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
 _CHUNK = 2**20  # bytes of host copies moved to the device at once
 
 
-def _read(f: Any, entries: dict, index: PlaceIndex, places: dict) -> dict[Path, Any]:
+def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
     """The leaves that match the model, by (new) path, read tensor by tensor (`None`
     for the others). Plain arrays go to the device one chunk at a time, each to the
     devices of the committed array it replaces, so that host copies are dropped as
     they reach the device; one `jax.device_put` per chunk (for 800 small arrays, one
     call costs about 0.7x the time of one `jnp.asarray` each)."""
-    values: dict[Path, Any] = dict.fromkeys(entries)
+    values: dict[Path, Any] = dict.fromkeys(leaves)
     chunk, size = [], 0
-    for k, (path, entry) in enumerate(entries.items(), 1):
+    for k, (path, (entry, _)) in enumerate(leaves.items(), 1):
         if places[path] is not None:
             array = _tensor(f, entry)
             if fmt.is_plain(entry):
@@ -330,7 +324,7 @@ def _read(f: Any, entries: dict, index: PlaceIndex, places: dict) -> dict[Path, 
                 size += array.nbytes
             else:
                 values[path] = fmt.finish_leaf(fmt.from_stored(array, entry), entry)
-        if chunk and (size >= _CHUNK or k == len(entries)):
+        if chunk and (size >= _CHUNK or k == len(leaves)):
             values.update(_put(chunk))
             chunk, size = [], 0
     return values
@@ -400,12 +394,12 @@ def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
     )
 
 
-def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | None):
-    """`values` keyed by the new paths that `rename` gives, and for each the state
-    record and the new path of its state."""
-    fn = _renamer(rename, op)
-    new_values, new_records, origin = {}, {}, {}
-    for path, value in values.items():
+def renamed(op: str, name: str, leaves: dict, rename: Rename | None) -> dict:
+    """`leaves` (by saved leaf path) keyed by the new paths that `rename` gives."""
+    if rename is None:
+        return leaves
+    fn, out, origin = _renamer(rename, op), {}, {}
+    for path, leaf in leaves.items():
         new = fn(path)
         if new is None:
             continue
@@ -415,23 +409,27 @@ def renamed(op: str, name: str, values: dict, records: dict, rename: Rename | No
                 f"{path_repr(origin[new])} and {path_repr(path)} the same path "
                 f"{path_repr(new)}. Give them distinct paths."
             )
-        origin[new] = path
-        record = records[path]
-        state_path = new[: len(new) - (len(path) - len(record["path"]))]
-        new_values[new], new_records[new] = value, (record, state_path)
-    return new_values, new_records
+        origin[new], out[new] = path, leaf
+    return out
 
 
-def match(name: str, op: str, model: PyTree, records: dict) -> tuple[PlaceIndex, dict]:
+def _state_path(path: Path, entry: dict, record: dict) -> Path:
+    """The (new) path of the state of the leaf at (new) `path`."""
+    return path[: len(path) - (len(entry["path"]) - len(record["path"]))]
+
+
+def match(name: str, op: str, model: PyTree, leaves: dict) -> tuple[PlaceIndex, dict]:
     """The index of `model` and the place of each loaded leaf (`None`: it matches
-    nothing), keyed as `records` (from `renamed`), after the refusals that need no
-    tensor: states the model has not created, a file of another model, states saved
-    shared (or with other ensemble axes) where the model's are not."""
+    nothing), keyed as `leaves` (from `renamed`: `(entry, record)` by new path), after
+    the refusals that need no tensor: states the model has not created, a file of
+    another model, states saved shared (or with other ensemble axes) where the
+    model's are not."""
     index = PlaceIndex(iter_states(model))
-    places = {path: index.lookup(path) for path in records}
+    places = {path: index.lookup(path) for path in leaves}
     unmatched = [path for path, where in places.items() if where is None]
     if unmatched:
-        _refuse_not_created(name, op, model, [records[p][1] for p in unmatched])
+        states = [_state_path(p, *leaves[p]) for p in unmatched]
+        _refuse_not_created(name, op, model, states)
     if places and len(unmatched) == len(places):
         raise ValueError(
             f"`{op}` cannot load {name} into this model: none of its {len(places)} "
@@ -440,7 +438,7 @@ def match(name: str, op: str, model: PyTree, records: dict) -> tuple[PlaceIndex,
             f"Check the file, pass `rename=` if the model was refactored, or assign a "
             f"subset with `assign_state_values`."
         )
-    _check_records(name, op, records, index, places)
+    _check_records(name, op, leaves, index, places)
     return index, places
 
 
@@ -502,11 +500,11 @@ def _refuse_not_created(name: str, op: str, model: Any, state_paths: list) -> No
         )
 
 
-def _check_records(name, op, records: dict, index: PlaceIndex, places: dict) -> None:
+def _check_records(name, op, leaves: dict, index: PlaceIndex, places: dict) -> None:
     """Refuses a file whose states were shared (or had other ensemble axes) where the
     model's are not, naming each such state."""
     wrong, seen = {}, set()
-    for path, (record, _) in records.items():
+    for path, (_, record) in leaves.items():
         where = places.get(path)
         if where is None or (id(record), where[0]) in seen:
             continue

@@ -373,13 +373,24 @@ def check(value: Any, schema: Any, where: tuple = ()) -> None:
             _fail(where, f"has no {sorted(required - value.keys())[0]!r}")
         for key, sub in items:
             if key in value:
-                check(value[key], sub, (*where, key))
-    elif kind is list or kind is Each:
-        if type(value) is not (list if kind is list else dict):
-            _fail(where, "is not a list" if kind is list else "is not a JSON object")
-        sub = schema[0]
-        for key, item in enumerate(value) if kind is list else value.items():
-            check(item, sub, (*where, key if kind is list else (key,)))
+                x, kind = value[key], type(sub)
+                if (
+                    kind is type
+                    and type(x) is sub
+                    or (kind is frozenset and type(x) is str and x in sub)
+                ):
+                    continue  # (the common leaves, checked here: fewer calls)
+                check(x, sub, (*where, key))
+    elif kind is list:
+        if type(value) is not list:
+            _fail(where, "is not a list")
+        for i, item in enumerate(value):
+            check(item, schema[0], (*where, i))
+    elif kind is Each:
+        if type(value) is not dict:
+            _fail(where, "is not a JSON object")
+        for key, item in value.items():
+            check(item, schema.schema, (*where, (key,)))
     elif kind is frozenset:
         if type(value) is not str or value not in schema:
             _fail(where, f"is {value!r}, which is not one of {sorted(schema)}")
@@ -414,10 +425,13 @@ def _fail(where: tuple, problem: str) -> None:
     )
 
 
-def loads(text: Any) -> list[tuple[dict, dict]]:
+Leaves = dict[Path, tuple[dict, dict]]  # leaf path: (leaf entry, state record)
+
+
+def loads(text: Any) -> Leaves:
     """Parses and checks the metadata text of a checkpoint: the `(leaf entry, state
-    record)` of each tensor, in order, each entry with its leaf's `path` added;
-    `BadFile` if anything is off."""
+    record)` of each tensor by leaf path, in order, each entry with its leaf's `path`
+    added; `BadFile` if anything is off."""
     expect(isinstance(text, str), f"it has no {METADATA_KEY!r} metadata")
     try:
         metadata = json.loads(text)
@@ -426,7 +440,7 @@ def loads(text: Any) -> list[tuple[dict, dict]]:
     return entries(metadata)
 
 
-def entries(metadata: Any) -> list[tuple[dict, dict]]:
+def entries(metadata: Any) -> Leaves:
     """`loads` for parsed metadata."""
     version = metadata.get("version") if type(metadata) is dict else None
     if type(version) is int and version != VERSION:
@@ -440,27 +454,25 @@ def entries(metadata: Any) -> list[tuple[dict, dict]]:
             f"`eqx_collective` no longer reads (it reads version {VERSION})"
         )
     check(metadata, SCHEMA)
-    out, names = [], set()
+    out: Leaves = {}
     for record in metadata["states"]:
         path = tuple(record["path"])
         for e in record["leaves"]:
-            name, leaf_path = e["name"], path_of_name(e["name"])
+            e["path"] = leaf_path = path_of_name(e["name"])
             if (
-                name in names
+                leaf_path in out  # (one name per path: the name is listed twice)
                 or leaf_path[: len(path)] != path
                 or (e["dtype"] == "key") != ("key_impl" in e)
             ):  # (the messages are built only when needed)
-                _refuse_leaf(e, names, path, leaf_path)
-            names.add(name)
-            e["path"] = leaf_path
-            out.append((e, record))
+                _refuse_leaf(e, out, path)
+            out[leaf_path] = (e, record)
     return out
 
 
-def _refuse_leaf(e: dict, names: set, path: Path, leaf_path: Path) -> None:
-    expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
+def _refuse_leaf(e: dict, out: Leaves, path: Path) -> None:
+    expect(e["path"] not in out, f"the tensor {e['name']!r} is listed twice")
     expect(
-        leaf_path[: len(path)] == path,
+        e["path"][: len(path)] == path,
         f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
     )
     raise BadFile(
@@ -545,7 +557,7 @@ def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
             ],
         )
     suffixes = cached[1]
-    simple = all(_is_simple(p) if type(p) is str else p >= 0 for p in path)  # (normal)
+    simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
     prefix = ".".join(map(str, path)) if path and simple else None
     return [
         prefix + s
