@@ -456,11 +456,13 @@ def assign(
     strict: bool,
     op: str = "assign_state_values",
     source: str = "",
+    places: dict | None = None,
 ) -> AssignResult:
     """`assign_state_values` with `target`'s `index` (`PlaceIndex(iter_states(target))`)
-    built, which `load_states` shares; messages name `op` and the file `source`."""
+    built, which `load_states` shares (with the `places` of its keys, if known);
+    messages name `op` and the file `source`."""
     where = f" in {source}" if source else ""
-    plans, unexpected = _match_keys(index, state_dicts)
+    plans, unexpected = _match_keys(index, state_dicts, places or {})
     values, missing, errors, hosts, converted = {}, [], [], [], []
     for i, (path, _) in enumerate(index.found):
         plan = plans.get(i)
@@ -490,15 +492,17 @@ def assign(
     return AssignResult(model, unexpected, missing, converted)
 
 
-def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
+def _match_keys(
+    index: PlaceIndex, state_dicts, places: dict
+) -> tuple[dict[int, list], list]:
     """For each state, the `(path inside the value, leaf index or None, value)` the
-    keys name, in order
-    (later keys overwrite earlier ones); and the keys that name nothing."""
+    keys name, in order (later keys overwrite earlier ones); and the keys that name
+    nothing. `places` holds the places of keys already looked up."""
     plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
     unexpected: list = []
     for d in state_dicts:
         for key, value in d.items():
-            where = index.lookup(key)
+            where = places[key] if key in places else index.lookup(key)
             if where is None:
                 key = tuple(key) if isinstance(key, list) else key
                 if key not in unexpected:

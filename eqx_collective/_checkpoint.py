@@ -453,7 +453,7 @@ def finish_load(
 ) -> LoadResult:
     """Assigns the values read from a checkpoint (keyed as `places`, from `match`) to
     `model` and builds the report (shared by `load_states` and `load_sharded`)."""
-    result = assign(model, index, (values,), strict, op, name)
+    result = assign(model, index, (values,), strict, op, name, places)
     found = dict(index.found)
     missing = []
     for path in result.missing:
