@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._fields import field
+from ._fields import fields
 from ._paths import flatten_value, is_concrete_array, Path, path_repr
 from ._state import NonBatchState, State
 
@@ -151,16 +151,21 @@ def storage_dtype(entry: dict) -> np.dtype:
     return _STORED_AS[entry["dtype"]]
 
 
-def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
-    """One leaf as the array to store and its metadata entry (without its name). With
-    `host=False` (orbax), JAX arrays stay where they are, in their own dtype."""
+def to_stored(
+    path: Path, leaf: Any, *, host: bool = True, name: str | None = None
+) -> tuple[Any, dict]:
+    """One leaf as the array to store and its metadata entry (with its tensor `name`
+    first, if given). With `host=False` (orbax), JAX arrays stay where they are, in
+    their own dtype."""
     if host and is_concrete_array(leaf):  # the common case: a native dtype
-        name = _NATIVE_NAMES.get(leaf.dtype)
-        if name is not None:
+        dtype = _NATIVE_NAMES.get(leaf.dtype)
+        if dtype is not None:
             array = np.asarray(leaf)
             if array.flags.c_contiguous:
-                return array, {"dtype": name}
-    entry: dict[str, Any] = {}
+                return array, {"name": name, "dtype": dtype} if name else {
+                    "dtype": dtype
+                }
+    entry: dict[str, Any] = {} if name is None else {"name": name}
     if isinstance(leaf, u.Quantity):
         entry["unit"] = unit_record(leaf.unit)
         leaf = leaf.mantissa
@@ -496,9 +501,8 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
     arrays: dict[str, Any] = {}
     records = []
     for path, state in found:
-        path = _writable(path, path)
-        leaves = []
-        values, _, subpaths = flatten_value(field(state, "value"))
+        path, leaves, d = _writable(path, path), [], fields(state)
+        values, _, subpaths = flatten_value(d["value"])
         for sub, name, leaf in zip(
             subpaths, _names(path, subpaths), values, strict=True
         ):
@@ -509,17 +513,17 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
                     f"`save_states` cannot save the leaf at {path + sub!r}: another "
                     f"leaf has the same path. Give the leaves distinct paths."
                 )
-            arrays[name], entry = to_stored(path + sub, leaf, host=host)
-            leaves.append({"name": name, **entry})
+            arrays[name], entry = to_stored(path + sub, leaf, host=host, name=name)
+            leaves.append(entry)
         records.append(
             {
                 "path": list(path),
                 "type": type(state).__name__,
-                "tag": field(state, "tag"),
+                "tag": d.get("tag"),
                 "shared": bool(  # (`issubclass`: Equinox's `isinstance` is slow)
-                    field(state, "shared") or issubclass(type(state), NonBatchState)
+                    d.get("shared") or issubclass(type(state), NonBatchState)
                 ),
-                "ensemble_shape": list(field(state, "ensemble_shape")),
+                "ensemble_shape": list(d["ensemble_shape"]),
                 "leaves": leaves,
             }
         )
@@ -556,15 +560,21 @@ def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
                 for sub in subpaths
             ],
         )
-    suffixes = cached[1]
-    simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
-    prefix = ".".join(map(str, path)) if path and simple else None
+    suffixes, prefix = cached[1], _prefix(path)
     return [
         prefix + s
         if prefix is not None and s is not None and prefix + s != _RESERVED
         else tensor_name(normal_path(path + sub))
         for sub, s in zip(subpaths, suffixes, strict=True)
     ]
+
+
+@functools.lru_cache(maxsize=2**16)  # (the same states are saved again and again)
+def _prefix(path: Path) -> str | None:
+    """The dotted text of a normal `path` (only `str` and `int` entries, so that equal
+    paths are the same), or `None` if it has none."""
+    simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
+    return ".".join(map(str, path)) if path and simple else None
 
 
 def _dotted(path: Path) -> bool:
