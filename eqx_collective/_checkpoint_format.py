@@ -306,16 +306,8 @@ def _number(x: Any) -> bool:
     return type(x) in (int, float) and math.isfinite(x)
 
 
-def _path(x: Any) -> bool:
-    return _is_path(x)
-
-
 def _size(x: Any) -> bool:
     return type(x) is int and x >= 0
-
-
-def _tag(x: Any) -> bool:
-    return x is None or type(x) is str
 
 
 # The metadata, declared once: a dict is a JSON object with these keys (a key ending
@@ -332,7 +324,7 @@ _UNIT = {
     "scale": _number,
     "factor": lambda x: _number(x) and x > 0,
     # written by earlier versions of this format; read and ignored
-    **dict.fromkeys(("base?",), _number),
+    "base?": _number,
     **dict.fromkeys(("name?", "dispname?"), str),
     "is_fullname?": bool,
     "display_parts?": lambda x: x is None or type(x) is list,
@@ -349,9 +341,9 @@ SCHEMA = {
     "version": int,
     "states": [
         {
-            "path": _path,
+            "path": _is_path,
             "type": str,
-            "tag": _tag,
+            "tag": lambda x: x is None or type(x) is str,
             "shared": bool,
             "ensemble_shape": lambda s: (
                 type(s) is list and all(_size(n) and n > 0 for n in s)
@@ -545,42 +537,30 @@ def _writable(path: Path, where: Path) -> Path:
 
 
 def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
-    """`tensor_name(path + sub)` for each of `subpaths`, the dotted ones joined from
-    texts made once per state and once per value structure."""
+    """`tensor_name(path + sub)` for each of `subpaths` (`path` normal), the dotted
+    ones joined from texts made once per state path and once per value structure."""
     # (by identity: `flatten_value` caches one `subpaths` per structure, and equal
     # tuples may differ in their keys' types: `(0,) == (False,)`)
     cached = _SUFFIXES.get(id(subpaths))
     if cached is None or cached[0] is not subpaths:
-        for sub in subpaths:
-            _writable(sub, path + sub)
-        cached = _SUFFIXES[id(subpaths)] = (
-            subpaths,
-            [
-                ("".join(f".{p}" for p in sub)) if _dotted(sub) else None
-                for sub in subpaths
-            ],
-        )
-    suffixes, prefix = cached[1], _prefix(path)
+        texts = [_prefix(_writable(sub, path + sub)) for sub in subpaths]
+        suffixes = [None if t is None else f".{t}" if t else "" for t in texts]
+        cached = _SUFFIXES[id(subpaths)] = (subpaths, suffixes)
+    prefix = _prefix(path) if path else None  # (a root state: `tensor_name`)
     return [
         prefix + s
         if prefix is not None and s is not None and prefix + s != _RESERVED
         else tensor_name(normal_path(path + sub))
-        for sub, s in zip(subpaths, suffixes, strict=True)
+        for sub, s in zip(subpaths, cached[1], strict=True)
     ]
 
 
 @functools.lru_cache(maxsize=2**16)  # (the same states are saved again and again)
 def _prefix(path: Path) -> str | None:
     """The dotted text of a normal `path` (only `str` and `int` entries, so that equal
-    paths are the same), or `None` if it has none."""
+    paths are the same; `""` for `()`), or `None` if it has none."""
     simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
-    return ".".join(map(str, path)) if path and simple else None
-
-
-def _dotted(path: Path) -> bool:
-    return all(
-        _is_simple(p) if isinstance(p, str) else p >= 0 for p in normal_path(path)
-    )
+    return ".".join(map(str, path)) if simple else None
 
 
 _SUFFIXES: dict[int, tuple[tuple[Path, ...], list]] = {}
