@@ -358,17 +358,15 @@ def model_leaf(index: PlaceIndex, where: Any) -> Any:
     (no place, or a place holding a sub-tree)."""
     if where is None:
         return None
-    slot = index.slot(where[0])
-    j = where[2]
-    if j is None and not where[1] and len(slot.leaves) == 1:
+    _, sub, j = where
+    leaves = index.slot(where[0]).leaves
+    if j is None and not sub and len(leaves) == 1:
         j = 0  # (an array-valued state: its own path)
-    return None if j is None else slot.leaves[j]
+    return None if j is None else leaves[j]
 
 
-def _renamer(rename: Rename | None, op: str) -> Callable[[Path], Path | None]:
+def _renamer(rename: Rename, op: str) -> Callable[[Path], Path | None]:
     """`rename` as a function from saved leaf paths to new ones (or `None`)."""
-    if rename is None:
-        return lambda path: path
     if isinstance(rename, Mapping):
         prefixes = {as_path(k): as_path(v) for k, v in rename.items()}
         lengths = sorted({len(k) for k in prefixes}, reverse=True)
