@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, cast, TypeGuard
 
+import brainunit as u
 import equinox as eqx
 import jax
 import numpy as np
@@ -308,10 +309,10 @@ _CHUNK = 2**20  # bytes of host copies moved to the device at once
 
 def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
     """The leaves that match the model, by (new) path, read tensor by tensor (`None`
-    for the others). Plain arrays go to the device one chunk at a time, each to the
-    devices of the committed array it replaces, so that host copies are dropped as
-    they reach the device; one `jax.device_put` per chunk (for 800 small arrays, one
-    call costs about 0.7x the time of one `jnp.asarray` each)."""
+    for the others). Arrays stored as themselves go to the device one chunk at a
+    time, each to the devices of the committed array it replaces, so that host copies
+    are dropped as they reach the device; one `jax.device_put` per chunk (for 800
+    small arrays, one call costs about 0.7x the time of one `jnp.asarray` each)."""
     values: dict[Path, Any] = dict.fromkeys(leaves)
     chunk, size = [], 0
     for k, (path, (entry, _)) in enumerate(leaves.items(), 1):
@@ -319,22 +320,25 @@ def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
             array = _tensor(f, entry)
             if fmt.is_plain(entry):
                 old = model_leaf(index, places[path])
+                old = old.mantissa if isinstance(old, u.Quantity) else old
                 placed = is_concrete_array(old) and old.committed
                 chunk.append((path, array, old.sharding if placed else None))
                 size += array.nbytes
             else:
                 values[path] = fmt.finish_leaf(fmt.from_stored(array, entry), entry)
         if chunk and (size >= _CHUNK or k == len(leaves)):
-            values.update(_put(chunk))
+            for path, array in _put(chunk):
+                values[path] = fmt.finish_leaf(array, leaves[path][0])
             chunk, size = [], 0
     return values
 
 
-def _put(chunk: list) -> dict:
+def _put(chunk: list) -> zip:
     paths, arrays, shardings = map(list, zip(*chunk, strict=True))
     placed = any(s is not None for s in shardings)
-    moved = jax.device_put(arrays, shardings if placed else None)
-    return dict(zip(paths, moved, strict=True))
+    return zip(
+        paths, jax.device_put(arrays, shardings if placed else None), strict=True
+    )
 
 
 def _tensor(f: Any, entry: dict) -> np.ndarray:

@@ -253,9 +253,9 @@ def finish_leaf(value: Any, entry: dict) -> Any:
 
 
 def is_plain(entry: dict) -> bool:
-    """Whether the leaf of `entry` is an array of a dtype NumPy reads (no unit, key
-    or Python scalar): it can be read lazily, and its shape is the stored one."""
-    return len(entry) == 3 and entry["dtype"] in _NATIVE  # (name, dtype, path)
+    """Whether the leaf of `entry` is stored as itself: an array of a native dtype
+    (perhaps the mantissa of a `Quantity`), not a key or a Python scalar."""
+    return entry["dtype"] in _NATIVE and "python" not in entry
 
 
 # ----------------------------------------------------------------------------- units
