@@ -103,10 +103,8 @@ def path_of_name(name: str) -> Path:
         expect(tensor_name(path) == name, f"the tensor name {name!r} is not canonical")
         return path
     path = tuple(map(_dotted_entry, name.split(".")))  # canonical by construction
-    expect(
-        None not in path and name != _RESERVED,
-        f"the tensor name {name!r} is not canonical",
-    )
+    if None in path or name == _RESERVED:
+        raise BadFile(f"the tensor name {name!r} is not canonical")
     return cast(Path, path)
 
 
