@@ -7,7 +7,6 @@ states back.
 """
 
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -292,7 +291,7 @@ def _convert_leaf(expected: Any, given: Any) -> Any:
         if type(given) in ARRAY_TYPES and given.aval == aval:
             return given
         if (
-            (kind is np.ndarray or kind is Lazy)
+            kind is np.ndarray
             and given.dtype == aval.dtype
             and given.shape == aval.shape
         ):
@@ -457,11 +456,13 @@ def assign(
     strict: bool,
     op: str = "assign_state_values",
     source: str = "",
+    places: dict | None = None,
 ) -> AssignResult:
     """`assign_state_values` with `target`'s `index` (`PlaceIndex(iter_states(target))`)
-    built, which `load_states` shares; messages name `op` and the file `source`."""
+    built, which `load_states` shares (with the `places` of its keys, if known);
+    messages name `op` and the file `source`."""
     where = f" in {source}" if source else ""
-    plans, unexpected = _match_keys(index, state_dicts)
+    plans, unexpected = _match_keys(index, state_dicts, places or {})
     values, missing, errors, hosts, converted = {}, [], [], [], []
     for i, (path, _) in enumerate(index.found):
         plan = plans.get(i)
@@ -491,15 +492,17 @@ def assign(
     return AssignResult(model, unexpected, missing, converted)
 
 
-def _match_keys(index: PlaceIndex, state_dicts) -> tuple[dict[int, list], list]:
+def _match_keys(
+    index: PlaceIndex, state_dicts, places: dict
+) -> tuple[dict[int, list], list]:
     """For each state, the `(path inside the value, leaf index or None, value)` the
-    keys name, in order
-    (later keys overwrite earlier ones); and the keys that name nothing."""
+    keys name, in order (later keys overwrite earlier ones); and the keys that name
+    nothing. `places` holds the places of keys already looked up."""
     plans: dict[int, list[tuple[Path, int | None, Any]]] = {}
     unexpected: list = []
     for d in state_dicts:
         for key, value in d.items():
-            where = index.lookup(key)
+            where = places[key] if key in places else index.lookup(key)
             if where is None:
                 key = tuple(key) if isinstance(key, list) else key
                 if key not in unexpected:
@@ -527,6 +530,15 @@ def _new_value(
     new: list[Any] = [_UNSET] * len(slot.leaves)
     changed: dict[int, bool] = {}  # (the last value given for a leaf counts)
     for sub, j, value in plan:
+        if j is not None and type(value) in ARRAY_TYPES:
+            old = slot.leaves[j]
+            if (
+                type(old) in ARRAY_TYPES
+                and old.dtype == value.dtype
+                and old.shape == value.shape
+            ):  # (the common case: stored as it is; weak types are not kept)
+                new[j], changed[j] = value, False
+                continue
         if j is not None and (
             type(value) in ARRAY_TYPES or type(value) in _ONE_LEAF
         ):  # a leaf for a leaf's place
@@ -599,21 +611,8 @@ def _state_given(where: Path, value: Any) -> str | None:
     )
 
 
-class Lazy:
-    """A leaf read from a file only when it goes to the device: its `shape` and `dtype`
-    are known (and checked) before, `read()` gives the NumPy array. `load_states`
-    gives these for plain arrays, so that a restore holds one chunk of host copies at
-    a time (see `_to_devices`)."""
-
-    __slots__ = ("shape", "dtype", "nbytes", "read")
-
-    def __init__(self, shape: tuple, dtype: np.dtype, read: Any):
-        self.shape, self.dtype, self.read = shape, dtype, read
-        self.nbytes = math.prod(shape) * dtype.itemsize
-
-
 class _Host:
-    """A checked host value (a NumPy array or a `Lazy`), to be moved to the device in
+    """A checked host value (a NumPy array), to be moved to the device in
     `_to_devices` with the others of the restore (cast to `dtype` if given) and stored
     at `leaves[t]` (with `unit`, if any)."""
 
@@ -628,40 +627,23 @@ class _Host:
         return self
 
     def array(self) -> np.ndarray:
-        value = self.value.read() if type(self.value) is Lazy else self.value
-        return np.asarray(value, dtype=self.dtype)
-
-
-_CHUNK = 4 * 2**20  # bytes of host copies moved to the device at once
+        return np.asarray(self.value, dtype=self.dtype)
 
 
 def _to_devices(hosts: list[_Host]) -> None:
-    """Moves the host values of a restore to the device, each to the devices of the
-    array it replaces (a sharded model stays sharded), or placed by default as JAX
-    places a new array (uncommitted). One `jax.device_put` per `_CHUNK` bytes (for
-    800 small arrays, one call costs about 0.7x the time of one `jnp.asarray` each);
-    `Lazy` values are read chunk by chunk, so that host copies are dropped as they
-    reach the device."""
-    start, size = 0, 0
-    for end, h in enumerate(hosts, 1):
-        size += getattr(h.value, "nbytes", 0)
-        if size >= _CHUNK or end == len(hosts):
-            _move(hosts[start:end])
-            start, size = end, 0
-
-
-def _move(hosts: list[_Host]) -> None:
-    shardings = []
-    for h in hosts:
-        old = h.old.mantissa if isinstance(h.old, u.Quantity) else h.old
-        placed = is_concrete_array(old) and old.committed
-        shardings.append(old.sharding if placed else None)
-    arrays = [h.array() for h in hosts]
-    if any(s is not None for s in shardings):
-        moved = jax.device_put(arrays, shardings)
-    else:
-        moved = jax.device_put(arrays)
-    del arrays
+    """Moves the host values of a restore to the device in one `jax.device_put`
+    (for 800 small arrays, it costs about 0.7x the time of one `jnp.asarray` each),
+    each to the devices of the array it replaces (a sharded model stays sharded), or
+    placed by default as JAX places a new array (uncommitted)."""
+    if not hosts:
+        return
+    olds = [h.old.mantissa if isinstance(h.old, u.Quantity) else h.old for h in hosts]
+    shardings = [
+        old.sharding if is_concrete_array(old) and old.committed else None
+        for old in olds
+    ]
+    placed = any(s is not None for s in shardings)
+    moved = jax.device_put([h.array() for h in hosts], shardings if placed else None)
     for h, array in zip(hosts, moved, strict=True):
         h.leaves[h.t] = array if h.unit is None else u.Quantity(array, unit=h.unit)
 
@@ -684,7 +666,7 @@ def _same_avals(old: Any, new: Any) -> bool:
 
 
 # Types that are one leaf of a value (what a leaf-level key usually carries).
-_ONE_LEAF = frozenset({np.ndarray, u.Quantity, bool, int, float, complex, Lazy})
+_ONE_LEAF = frozenset({np.ndarray, u.Quantity, bool, int, float, complex})
 
 
 def _fits(slot: _Slot, sub: Path, targets: list[int], value: Any, treedef) -> bool:

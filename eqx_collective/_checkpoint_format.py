@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._fields import field
+from ._fields import fields
 from ._paths import flatten_value, is_concrete_array, Path, path_repr
 from ._state import NonBatchState, State
 
@@ -103,10 +103,8 @@ def path_of_name(name: str) -> Path:
         expect(tensor_name(path) == name, f"the tensor name {name!r} is not canonical")
         return path
     path = tuple(map(_dotted_entry, name.split(".")))  # canonical by construction
-    expect(
-        None not in path and name != _RESERVED,
-        f"the tensor name {name!r} is not canonical",
-    )
+    if None in path or name == _RESERVED:
+        raise BadFile(f"the tensor name {name!r} is not canonical")
     return cast(Path, path)
 
 
@@ -151,16 +149,21 @@ def storage_dtype(entry: dict) -> np.dtype:
     return _STORED_AS[entry["dtype"]]
 
 
-def to_stored(path: Path, leaf: Any, *, host: bool = True) -> tuple[Any, dict]:
-    """One leaf as the array to store and its metadata entry (without its name). With
-    `host=False` (orbax), JAX arrays stay where they are, in their own dtype."""
+def to_stored(
+    path: Path, leaf: Any, *, host: bool = True, name: str | None = None
+) -> tuple[Any, dict]:
+    """One leaf as the array to store and its metadata entry (with its tensor `name`
+    first, if given). With `host=False` (orbax), JAX arrays stay where they are, in
+    their own dtype."""
     if host and is_concrete_array(leaf):  # the common case: a native dtype
-        name = _NATIVE_NAMES.get(leaf.dtype)
-        if name is not None:
+        dtype = _NATIVE_NAMES.get(leaf.dtype)
+        if dtype is not None:
             array = np.asarray(leaf)
             if array.flags.c_contiguous:
-                return array, {"dtype": name}
-    entry: dict[str, Any] = {}
+                return array, {"name": name, "dtype": dtype} if name else {
+                    "dtype": dtype
+                }
+    entry: dict[str, Any] = {} if name is None else {"name": name}
     if isinstance(leaf, u.Quantity):
         entry["unit"] = unit_record(leaf.unit)
         leaf = leaf.mantissa
@@ -248,9 +251,9 @@ def finish_leaf(value: Any, entry: dict) -> Any:
 
 
 def is_plain(entry: dict) -> bool:
-    """Whether the leaf of `entry` is an array of a dtype NumPy reads (no unit, key
-    or Python scalar): it can be read lazily, and its shape is the stored one."""
-    return len(entry) == 3 and entry["dtype"] in _NATIVE  # (name, dtype, path)
+    """Whether the leaf of `entry` is stored as itself: an array of a native dtype
+    (perhaps the mantissa of a `Quantity`), not a key or a Python scalar."""
+    return entry["dtype"] in _NATIVE and "python" not in entry
 
 
 # ----------------------------------------------------------------------------- units
@@ -301,16 +304,8 @@ def _number(x: Any) -> bool:
     return type(x) in (int, float) and math.isfinite(x)
 
 
-def _path(x: Any) -> bool:
-    return _is_path(x)
-
-
 def _size(x: Any) -> bool:
     return type(x) is int and x >= 0
-
-
-def _tag(x: Any) -> bool:
-    return x is None or type(x) is str
 
 
 # The metadata, declared once: a dict is a JSON object with these keys (a key ending
@@ -327,7 +322,7 @@ _UNIT = {
     "scale": _number,
     "factor": lambda x: _number(x) and x > 0,
     # written by earlier versions of this format; read and ignored
-    **dict.fromkeys(("base?",), _number),
+    "base?": _number,
     **dict.fromkeys(("name?", "dispname?"), str),
     "is_fullname?": bool,
     "display_parts?": lambda x: x is None or type(x) is list,
@@ -344,9 +339,9 @@ SCHEMA = {
     "version": int,
     "states": [
         {
-            "path": _path,
+            "path": _is_path,
             "type": str,
-            "tag": _tag,
+            "tag": lambda x: x is None or type(x) is str,
             "shared": bool,
             "ensemble_shape": lambda s: (
                 type(s) is list and all(_size(n) and n > 0 for n in s)
@@ -358,82 +353,80 @@ SCHEMA = {
 STORED = Each({"shape": lambda s: type(s) is list and all(map(_size, s)), "dtype": str})
 
 
-def check(value: Any, schema: Any, where: str = "") -> None:
+def check(value: Any, schema: Any, where: tuple = ()) -> None:
     """`BadFile` naming the first place (`states[0].shared`) where `value` (parsed
-    JSON) breaks `schema`."""
-    if not _valid(value, schema):  # (a quick answer first: no message built)
-        _locate(value, schema, where)
-
-
-def _valid(value: Any, schema: Any) -> bool:
+    JSON) breaks `schema`. `where` is that place as parts (a key, an `int` index, a
+    1-tuple: a key of an `Each`), made text only for the message."""
     kind = type(schema)
     if kind is dict:
+        required, allowed, items = _fields_of(schema)
         if type(value) is not dict:
-            return False
-        for key in value:
-            if key not in schema and key + "?" not in schema:
-                return False
-        for key, sub in schema.items():
-            if key[-1] == "?":
-                key = key[:-1]
-                if key not in value:
-                    continue
-            elif key not in value:
-                return False
-            if not _valid(value[key], sub):
-                return False
-        return True
-    if kind is list:
-        sub = schema[0]
-        return type(value) is list and all(_valid(x, sub) for x in value)
-    if kind is Each:
-        sub = schema.schema
-        return type(value) is dict and all(_valid(x, sub) for x in value.values())
-    if kind is frozenset:
-        return type(value) is str and value in schema
-    if kind is type:
-        return type(value) is schema
-    return bool(schema(value))
-
-
-def _locate(value: Any, schema: Any, where: str) -> None:
-    """`check`'s message: the first place where `value` breaks `schema`."""
-    if type(schema) is dict:
-        _expect_at(type(value) is dict, where, "is not a JSON object")
-        unknown = sorted(k for k in value if k not in schema and k + "?" not in schema)
-        _expect_at(not unknown, where, f"has unknown fields {unknown}")
-        for key, sub in schema.items():
-            name = key.rstrip("?")
-            if name in value:
-                _locate(value[name], sub, f"{where}.{name}" if where else name)
-            else:
-                _expect_at(key[-1] == "?", where, f"has no {name!r}")
-    elif type(schema) is list:
-        _expect_at(type(value) is list, where, "is not a list")
+            _fail(where, "is not a JSON object")
+        if not value.keys() <= allowed:
+            _fail(where, f"has unknown fields {sorted(value.keys() - allowed)}")
+        if not required <= value.keys():
+            _fail(where, f"has no {sorted(required - value.keys())[0]!r}")
+        for key, sub in items:
+            if key in value:
+                x, kind = value[key], type(sub)
+                if (
+                    kind is type
+                    and type(x) is sub
+                    or (kind is frozenset and type(x) is str and x in sub)
+                ):
+                    continue  # (the common leaves, checked here: fewer calls)
+                check(x, sub, (*where, key))
+    elif kind is list:
+        if type(value) is not list:
+            _fail(where, "is not a list")
         for i, item in enumerate(value):
-            _locate(item, schema[0], f"{where}[{i}]")
-    elif type(schema) is Each:
-        _expect_at(type(value) is dict, where, "is not a JSON object")
+            check(item, schema[0], (*where, i))
+    elif kind is Each:
+        if type(value) is not dict:
+            _fail(where, "is not a JSON object")
         for key, item in value.items():
-            _locate(item, schema.schema, f"{where}[{key!r}]")
-    elif type(schema) is frozenset:
-        ok = type(value) is str and value in schema
-        _expect_at(ok, where, f"is {value!r}, which is not one of {sorted(schema)}")
-    elif isinstance(schema, type):
-        _expect_at(type(value) is schema, where, f"is not a {schema.__name__}")
-    else:
-        _expect_at(schema(value), where, f"is not valid ({str(value)[:100]})")
+            check(item, schema.schema, (*where, (key,)))
+    elif kind is frozenset:
+        if type(value) is not str or value not in schema:
+            _fail(where, f"is {value!r}, which is not one of {sorted(schema)}")
+    elif kind is type:
+        if type(value) is not schema:
+            _fail(where, f"is not a {schema.__name__}")
+    elif not schema(value):
+        _fail(where, f"is not valid ({str(value)[:100]})")
 
 
-def _expect_at(cond: bool, where: str, problem: str) -> None:
-    if not cond:
-        raise BadFile(f"its metadata is invalid: {where or 'it'} {problem}")
+def _fields_of(schema: dict) -> tuple:
+    """`(required keys, allowed keys, (key, sub-schema) pairs)` of an object schema
+    (one of this module's constants, so its `id` is stable)."""
+    got = _FIELDS.get(id(schema))
+    if got is None:
+        subs = {k.rstrip("?"): sub for k, sub in schema.items()}
+        required = frozenset(k for k in schema if k[-1] != "?")
+        got = _FIELDS[id(schema)] = (required, frozenset(subs), tuple(subs.items()))
+    return got
 
 
-def loads(text: Any) -> list[tuple[dict, dict]]:
+_FIELDS: dict[int, tuple] = {}
+
+
+def _fail(where: tuple, problem: str) -> None:
+    parts = (
+        f"[{p}]" if type(p) is int else f"[{p[0]!r}]" if type(p) is tuple else f".{p}"
+        for p in where
+    )
+    raise BadFile(
+        f"its metadata is invalid: {''.join(parts).removeprefix('.') or 'it'} {problem}"
+    )
+
+
+Leaves = dict[Path, tuple[dict, dict]]  # leaf path: (leaf entry, state record)
+
+
+def loads(text: Any) -> Leaves:
     """Parses and checks the metadata text of a checkpoint: the `(leaf entry, state
-    record)` of each tensor, in order, each entry with its leaf's `path` added;
-    `BadFile` if anything is off."""
+    record)` of each tensor by leaf path, in order, each entry with its leaf's `path`
+    added; `BadFile` if anything is off."""
     expect(isinstance(text, str), f"it has no {METADATA_KEY!r} metadata")
     try:
         metadata = json.loads(text)
@@ -442,7 +435,7 @@ def loads(text: Any) -> list[tuple[dict, dict]]:
     return entries(metadata)
 
 
-def entries(metadata: Any) -> list[tuple[dict, dict]]:
+def entries(metadata: Any) -> Leaves:
     """`loads` for parsed metadata."""
     version = metadata.get("version") if type(metadata) is dict else None
     if type(version) is int and version != VERSION:
@@ -456,24 +449,30 @@ def entries(metadata: Any) -> list[tuple[dict, dict]]:
             f"`eqx_collective` no longer reads (it reads version {VERSION})"
         )
     check(metadata, SCHEMA)
-    out, names = [], set()
+    out: Leaves = {}
     for record in metadata["states"]:
         path = tuple(record["path"])
         for e in record["leaves"]:
-            expect(e["name"] not in names, f"the tensor {e['name']!r} is listed twice")
-            names.add(e["name"])
-            leaf_path = path_of_name(e["name"])
-            expect(
-                leaf_path[: len(path)] == path,
-                f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
-            )
-            expect(
-                (e["dtype"] == "key") == ("key_impl" in e),
-                f"the tensor {e['name']!r} has a 'key_impl' only if its dtype is 'key'",
-            )
-            e["path"] = leaf_path
-            out.append((e, record))
+            e["path"] = leaf_path = path_of_name(e["name"])
+            if (
+                leaf_path in out  # (one name per path: the name is listed twice)
+                or leaf_path[: len(path)] != path
+                or (e["dtype"] == "key") != ("key_impl" in e)
+            ):  # (the messages are built only when needed)
+                _refuse_leaf(e, out, path)
+            out[leaf_path] = (e, record)
     return out
+
+
+def _refuse_leaf(e: dict, out: Leaves, path: Path) -> None:
+    expect(e["path"] not in out, f"the tensor {e['name']!r} is listed twice")
+    expect(
+        e["path"][: len(path)] == path,
+        f"the tensor {e['name']!r} is not below its state {path_repr(path)}",
+    )
+    raise BadFile(
+        f"the tensor {e['name']!r} has a 'key_impl' only if its dtype is 'key'"
+    )
 
 
 # --------------------------------------------------------------------------- saving
@@ -492,9 +491,8 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
     arrays: dict[str, Any] = {}
     records = []
     for path, state in found:
-        path = _writable(path, path)
-        leaves = []
-        values, _, subpaths = flatten_value(field(state, "value"))
+        path, leaves, d = _writable(path, path), [], fields(state)
+        values, _, subpaths = flatten_value(d["value"])
         for sub, name, leaf in zip(
             subpaths, _names(path, subpaths), values, strict=True
         ):
@@ -505,17 +503,17 @@ def collect(found: list[tuple[Path, State]], *, host: bool = True) -> Saved:
                     f"`save_states` cannot save the leaf at {path + sub!r}: another "
                     f"leaf has the same path. Give the leaves distinct paths."
                 )
-            arrays[name], entry = to_stored(path + sub, leaf, host=host)
-            leaves.append({"name": name, **entry})
+            arrays[name], entry = to_stored(path + sub, leaf, host=host, name=name)
+            leaves.append(entry)
         records.append(
             {
                 "path": list(path),
                 "type": type(state).__name__,
-                "tag": field(state, "tag"),
+                "tag": d.get("tag"),
                 "shared": bool(  # (`issubclass`: Equinox's `isinstance` is slow)
-                    field(state, "shared") or issubclass(type(state), NonBatchState)
+                    d.get("shared") or issubclass(type(state), NonBatchState)
                 ),
-                "ensemble_shape": list(field(state, "ensemble_shape")),
+                "ensemble_shape": list(d["ensemble_shape"]),
                 "leaves": leaves,
             }
         )
@@ -537,35 +535,30 @@ def _writable(path: Path, where: Path) -> Path:
 
 
 def _names(path: Path, subpaths: tuple[Path, ...]) -> list[str]:
-    """`tensor_name(path + sub)` for each of `subpaths`, the dotted ones joined from
-    texts made once per state and once per value structure."""
+    """`tensor_name(path + sub)` for each of `subpaths` (`path` normal), the dotted
+    ones joined from texts made once per state path and once per value structure."""
     # (by identity: `flatten_value` caches one `subpaths` per structure, and equal
     # tuples may differ in their keys' types: `(0,) == (False,)`)
     cached = _SUFFIXES.get(id(subpaths))
     if cached is None or cached[0] is not subpaths:
-        for sub in subpaths:
-            _writable(sub, path + sub)
-        cached = _SUFFIXES[id(subpaths)] = (
-            subpaths,
-            [
-                ("".join(f".{p}" for p in sub)) if _dotted(sub) else None
-                for sub in subpaths
-            ],
-        )
-    suffixes = cached[1]
-    prefix = ".".join(map(str, path)) if path and _dotted(path) else None
+        texts = [_prefix(_writable(sub, path + sub)) for sub in subpaths]
+        suffixes = [None if t is None else f".{t}" if t else "" for t in texts]
+        cached = _SUFFIXES[id(subpaths)] = (subpaths, suffixes)
+    prefix = _prefix(path) if path else None  # (a root state: `tensor_name`)
     return [
         prefix + s
         if prefix is not None and s is not None and prefix + s != _RESERVED
         else tensor_name(normal_path(path + sub))
-        for sub, s in zip(subpaths, suffixes, strict=True)
+        for sub, s in zip(subpaths, cached[1], strict=True)
     ]
 
 
-def _dotted(path: Path) -> bool:
-    return all(
-        _is_simple(p) if isinstance(p, str) else p >= 0 for p in normal_path(path)
-    )
+@functools.lru_cache(maxsize=2**16)  # (the same states are saved again and again)
+def _prefix(path: Path) -> str | None:
+    """The dotted text of a normal `path` (only `str` and `int` entries, so that equal
+    paths are the same; `""` for `()`), or `None` if it has none."""
+    simple = all(_is_simple(p) if isinstance(p, str) else p >= 0 for p in path)
+    return ".".join(map(str, path)) if simple else None
 
 
 _SUFFIXES: dict[int, tuple[tuple[Path, ...], list]] = {}

@@ -10,10 +10,16 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _checkpoint_format as fmt
-from ._checkpoint import collect_states, finish_load, LoadResult, Rename, renamed
+from ._checkpoint import (
+    collect_states,
+    finish_load,
+    LoadResult,
+    match,
+    model_leaf,
+    Rename,
+    renamed,
+)
 from ._filters import Filter
-from ._paths import iter_value_leaves, Path
-from ._views import states as _states
 
 
 def _orbax(op: str):
@@ -126,17 +132,18 @@ def load_sharded(
         args = ocp.args.Composite(metadata=ocp.args.JsonRestore())
         metadata = checkpointer.restore(directory, args=args)["metadata"]
         try:
-            entries, stored = _checked(metadata)
+            leaves, stored = _checked(metadata)
         except fmt.BadFile as e:
             raise ValueError(
                 f"`load_sharded` cannot load {name}: {e}. Pass a directory written by "
                 f"`eqx_collective.save_sharded`."
             ) from None
-        names = {e["path"]: e["name"] for e, _ in entries}
-        records = {e["path"]: r for e, r in entries}
-        names, records = renamed("load_sharded", name, names, records, rename)
-        targets = _target_leaves(model)
-        wanted = {n: targets.get(path) for path, n in names.items()}
+        leaves = renamed("load_sharded", name, leaves, rename)
+        index, places = match(name, "load_sharded", model, leaves)
+        wanted = {
+            e["name"]: _stored(model_leaf(index, places[p]))
+            for p, (e, _) in leaves.items()
+        }
         restore_args = {
             n: _restore_arg(ocp, wanted.get(n), stored[n]) for n in stored
         }  # (every array, as orbax restores them all: the unwanted to the host)
@@ -144,9 +151,8 @@ def load_sharded(
             arrays=ocp.args.PyTreeRestore(restore_args=restore_args)
         )
         arrays = checkpointer.restore(directory, args=args)["arrays"]
-    by_name = {e["name"]: e for e, _ in entries}
-    values = {p: _leaf(arrays[n], by_name[n]) for p, n in names.items()}
-    return finish_load(name, "load_sharded", model, values, records, strict)
+    values = {p: _leaf(arrays[e["name"]], e) for p, (e, _) in leaves.items()}
+    return finish_load(name, "load_sharded", model, index, places, values, strict)
 
 
 def _check_path(directory: Any, op: str) -> None:
@@ -157,39 +163,36 @@ def _check_path(directory: Any, op: str) -> None:
         )
 
 
-def _checked(metadata: Any) -> tuple[list[tuple[dict, dict]], dict[str, dict]]:
-    """The `(entry, state record)` of each tensor, in order, and the stored shape and
-    dtype of each tensor by name; `BadFile` if the metadata is invalid."""
+def _checked(metadata: Any) -> tuple[fmt.Leaves, dict[str, dict]]:
+    """The `(entry, state record)` of each tensor by leaf path, in order, and the
+    stored shape and dtype of each tensor by name; `BadFile` if the metadata is
+    invalid."""
     stored = metadata.get("stored") if isinstance(metadata, dict) else None
-    fmt.check(stored, fmt.STORED, "its metadata's 'stored' record")
+    fmt.check(stored, fmt.STORED, ("its metadata's 'stored' record",))
     assert isinstance(metadata, dict) and isinstance(stored, dict)
-    entries = fmt.entries({k: v for k, v in metadata.items() if k != "stored"})
+    leaves = fmt.entries({k: v for k, v in metadata.items() if k != "stored"})
     fmt.expect(
-        stored.keys() == {e["name"] for e, _ in entries},
+        stored.keys() == {e["name"] for e, _ in leaves.values()},
         "its 'stored' record does not list the tensors of its metadata",
     )
-    for e, _ in entries:
+    for e, _ in leaves.values():
+        got = stored[e["name"]]["dtype"]
         fmt.expect(
-            stored[e["name"]]["dtype"]
-            == ("uint32" if e["dtype"] == "key" else e["dtype"]),
-            f"the tensor {e['name']!r} is stored as {stored[e['name']]['dtype']}, but "
-            f"its metadata says {e['dtype']}",
+            got == ("uint32" if e["dtype"] == "key" else e["dtype"]),
+            f"the tensor {e['name']!r} is stored as {got}, but its metadata says "
+            f"{e['dtype']}",
         )
-    return entries, stored
+    return leaves, stored
 
 
-def _target_leaves(model: PyTree) -> dict[Path, Any]:
-    """The model's leaves by leaf path, as stored (mantissas, PRNG key data)."""
-    out = {}
-    for path, state in _states(model).items():
-        for leaf_path, leaf in iter_value_leaves(path, state.value):
-            if isinstance(leaf, u.Quantity):
-                leaf = leaf.mantissa
-            dtype = getattr(leaf, "dtype", None)
-            if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-                leaf = jax.random.key_data(leaf)
-            out[leaf_path] = leaf
-    return out
+def _stored(leaf: Any) -> Any:
+    """A leaf of the model as stored (a mantissa, PRNG key data)."""
+    if isinstance(leaf, u.Quantity):
+        leaf = leaf.mantissa
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return leaf
 
 
 def _restore_arg(ocp, target: Any, stored: dict):

@@ -1007,6 +1007,19 @@ def test_an_abstract_template_loads_without_initialising_the_model(tmp):
     assert isinstance(result.model.h.value, jax.Array)
 
 
+def test_loaded_arrays_go_to_the_devices_of_the_arrays_they_replace(tmp):
+    model = make_model(0)
+    ec.save_states(tmp(), model)
+    device = jax.devices()[-1]
+    placed = jax.device_put(make_model(1), device)  # committed to one device
+    loaded = ec.load_states(tmp(), placed).model
+    assert leaves(loaded) == leaves(model)
+    assert all(x.devices() == {device} and x.committed for x in jax.tree.leaves(loaded))
+    # an uncommitted model's arrays are placed as JAX places new arrays
+    loaded = ec.load_states(tmp(), make_model(1)).model
+    assert not any(x.committed for x in jax.tree.leaves(loaded))
+
+
 def test_an_optax_run_resumes_exactly(tmp):
     import optax
 
