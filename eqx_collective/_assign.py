@@ -536,7 +536,7 @@ def _new_value(
                 type(old) in ARRAY_TYPES
                 and old.dtype == value.dtype
                 and old.shape == value.shape
-            ):  # (the common case: stored as it is; weak types are not kept)
+            ):  # (the common case: stored as given, a weak type too, as `eqx.tree_at`)
                 new[j], changed[j] = value, False
                 continue
         if j is not None and (
