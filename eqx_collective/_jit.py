@@ -63,11 +63,12 @@ class _Cache:
     in `eqx.filter_jit`), by argument keys; and the parts of its last call and
     output, by `id`. Hashed by identity: it is a static field of the wrapper."""
 
-    __slots__ = ("entries", "kept", "keys", "last", "__weakref__")
+    __slots__ = ("entries", "kept", "watch", "keys", "last", "__weakref__")
 
     def __init__(self):
         self.entries: dict[tuple, Any] = {}
         self.kept: dict[int, Part] = {}
+        self.watch: list = []  # weak references that drop a kept module's part
         self.keys: weakref.WeakValueDictionary[Key, Key] = weakref.WeakValueDictionary()
         self.last: tuple | None = None  # the last call's `(donate, keys, jax.jit)`
 
@@ -93,7 +94,7 @@ def clear_caches() -> None:
 
     `eqx.clear_caches()` does not reach these caches (Equinox offers no public hook);
     `jax.clear_caches()` drops the compiled programs behind them, so both retrace, but
-    the trees of the last calls stay referenced until this is called.
+    the last calls' trees that are not modules stay referenced until this is called.
 
     **Arguments:** none.
 
@@ -102,6 +103,7 @@ def clear_caches() -> None:
     for cache in [*_FUNCTION_CACHES.values(), *_OTHER_CACHES.values()]:
         cache.entries.clear()
         cache.kept.clear()
+        cache.watch = []
         cache.keys.clear()
         cache.last = None
     _FUNCTION_CACHES.clear()
@@ -207,7 +209,7 @@ class _Call:
             part = kept.get(id(x))
             if (
                 part is None
-                or part.root is not x
+                or part.ref() is not x
                 or (part.mutable and not part.holds())
             ):
                 part = split(x, known)
@@ -268,7 +270,7 @@ class _Call:
                 for p in parts:
                     if p.checkable:
                         kept[id(p.root)] = p
-                self.cache.kept = kept
+                self.cache.kept, self.cache.watch = kept, _watch(kept)
         except (jax.errors.JaxRuntimeError, ValueError) as e:  # (as `eqx.filter_jit`)
             _raise_runtime_error(e)
             raise
@@ -333,6 +335,20 @@ class Compiled(eqx.Module):
         call = self.wrapper._call
         parts = call.parts(self.wrapper.fn, args, kwargs)
         return call.run(self.compiled, parts, keep=False)
+
+
+def _watch(kept: dict[int, Part]) -> list:
+    """Weak references to the kept modules whose death drops their part from `kept`
+    (its arrays with it). (Held beside `kept`, not in its parts: no cycle.)"""
+    return [
+        weakref.ref(p.root, ft.partial(_forget, kept, key))
+        for key, p in kept.items()
+        if type(p.ref) is weakref.ref
+    ]
+
+
+def _forget(kept: dict, key: int, _: Any) -> None:
+    kept.pop(key, None)
 
 
 def _make_entry(fn: Any, flags: tuple, keys: tuple[Key, ...], cache: _Cache) -> Any:
@@ -411,8 +427,9 @@ def filter_jit(fn: Callable | None = None, *, donate: Donate = "none") -> Any:
     through `jax.tree_util` on every call; `filter_jit` keeps the trees of the last
     call and of its output, and does not flatten again a tree passed back unchanged
     (same object, its dicts and lists holding the same objects: modules and tuples
-    cannot change). So the wrapper keeps the last call's arguments and outputs
-    referenced (until the next call, or [`eqx_collective.clear_caches`][]). See
+    cannot change). Modules are kept weakly: a model the caller drops is freed at
+    once; other trees (a tuple, list or dict passed as an argument) stay referenced
+    until the next call, or [`eqx_collective.clear_caches`][]. See
     [Training loops](../concepts/training.md#keeping-dispatch-cheap-on-big-models).
 
     **Arguments:**

@@ -102,11 +102,23 @@ def _unhashable(statics: tuple, error: TypeError) -> TypeError:
     return error
 
 
+class _Strong:
+    """A strong reference, called like a `weakref.ref`."""
+
+    __slots__ = ("x",)
+
+    def __init__(self, x: Any):
+        self.x = x
+
+    def __call__(self) -> Any:
+        return self.x
+
+
 class Part:
     """A tree, its arrays and key, and (if `checkable`) what its dicts and lists held."""
 
     __slots__ = (
-        *("root", "arrays", "key", "own_key", "verifiable", "checkable", "is_tree"),
+        *("ref", "arrays", "key", "own_key", "verifiable", "checkable", "is_tree"),
         "mutable",
         *("_dicts", "_lists", "_held"),
     )
@@ -123,7 +135,10 @@ class Part:
         held: tuple | None = None,
         own_key: Key | None = None,
     ):
-        self.root, self.arrays, self.key = root, arrays, key
+        # A module is held weakly: a tree the caller drops is freed at once, while its
+        # memory is warm, not when the next call lets go of it (see `_jit._Call.run`).
+        self.ref = weakref.ref(root) if isinstance(root, eqx.Module) else _Strong(root)
+        self.arrays, self.key = arrays, key
         # `key` may be an equal key met first (`split`); `own_key` holds this tree's
         # own static leaves (`0` and `False` are equal keys, but not the same leaf).
         self.own_key = key if own_key is None else own_key
@@ -136,6 +151,11 @@ class Part:
         self.is_tree = key.treedef.num_nodes > 1  # (not a bare leaf)
         if self.checkable:
             self._held = self._contents() if held is None else held
+
+    @property
+    def root(self) -> Any:
+        """The tree (`None` if it was a module, since freed)."""
+        return self.ref()
 
     def _contents(self) -> tuple:
         """`(lengths, keys, values, items)`: the lengths of the dicts then the lists,

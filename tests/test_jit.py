@@ -989,3 +989,18 @@ def test_wrappers_of_one_function_are_equal_and_each_binds_its_own_signature():
     assert two(3.0) == 6.0  # (no array in: a static output, as in Equinox)
     with pytest.raises(TypeError):
         one(x, x)  # (the signature of `one`, not of `two`)
+
+
+def test_a_model_the_caller_drops_is_freed_at_once(getkey):
+    # Modules are kept weakly: neither the argument nor the output of the last call
+    # outlives the caller's references (arrays included), without waiting for a call.
+    @ec.filter_jit
+    def f(model, x):
+        return model, model(x)
+
+    model = eqx.nn.Linear(2, 2, key=getkey())
+    out, _ = f(model, jnp.ones(2))
+    weights = weakref.ref(model.weight), weakref.ref(out.weight)
+    assert f(out, jnp.ones(2))[1].shape == (2,)  # (`out` is recognised, still kept)
+    del model, out
+    assert [w() for w in weights] == [None, None]
