@@ -8,9 +8,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, cast, TypeGuard
 
-import brainunit as u
 import equinox as eqx
-import jax
 import numpy as np
 from jaxtyping import PyTree
 from safetensors import (
@@ -22,11 +20,11 @@ from safetensors import (
 )
 
 from . import _checkpoint_format as fmt
-from ._assign import assign, AssignResult, PlaceIndex
+from ._assign import assign, AssignResult, PlaceIndex, put_like
 from ._ensemble import present_axes
 from ._fields import field
 from ._filters import Filter
-from ._paths import as_path, is_concrete_array, iter_value_leaves, Path, path_repr
+from ._paths import as_path, iter_value_leaves, Path, path_repr
 from ._state import is_shared
 from ._views import states as _states
 from ._walk import iter_states
@@ -319,26 +317,16 @@ def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
         if places[path] is not None:
             array = _tensor(f, entry)
             if fmt.is_plain(entry):
-                old = model_leaf(index, places[path])
-                old = old.mantissa if isinstance(old, u.Quantity) else old
-                placed = is_concrete_array(old) and old.committed
-                chunk.append((path, array, old.sharding if placed else None))
+                chunk.append((path, array, model_leaf(index, places[path])))
                 size += array.nbytes
             else:
                 values[path] = fmt.finish_leaf(fmt.from_stored(array, entry), entry)
         if chunk and (size >= _CHUNK or k == len(leaves)):
-            for path, array in _put(chunk):
+            paths, arrays, olds = map(list, zip(*chunk, strict=True))
+            for path, array in zip(paths, put_like(arrays, olds), strict=True):
                 values[path] = fmt.finish_leaf(array, leaves[path][0])
             chunk, size = [], 0
     return values
-
-
-def _put(chunk: list) -> zip:
-    paths, arrays, shardings = map(list, zip(*chunk, strict=True))
-    placed = any(s is not None for s in shardings)
-    return zip(
-        paths, jax.device_put(arrays, shardings if placed else None), strict=True
-    )
 
 
 def _tensor(f: Any, entry: dict) -> np.ndarray:

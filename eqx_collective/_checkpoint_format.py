@@ -155,15 +155,14 @@ def to_stored(
     """One leaf as the array to store and its metadata entry (with its tensor `name`
     first, if given). With `host=False` (orbax), JAX arrays stay where they are, in
     their own dtype."""
+    entry: dict[str, Any] = {} if name is None else {"name": name}
     if host and is_concrete_array(leaf):  # the common case: a native dtype
         dtype = _NATIVE_NAMES.get(leaf.dtype)
         if dtype is not None:
             array = np.asarray(leaf)
             if array.flags.c_contiguous:
-                return array, {"name": name, "dtype": dtype} if name else {
-                    "dtype": dtype
-                }
-    entry: dict[str, Any] = {} if name is None else {"name": name}
+                entry["dtype"] = dtype
+                return array, entry
     if isinstance(leaf, u.Quantity):
         entry["unit"] = unit_record(leaf.unit)
         leaf = leaf.mantissa
