@@ -1,6 +1,9 @@
 """Checkpoint files: `save_states` and `load_states` (safetensors), and the
 `LoadResult` that loads return."""
 
+import functools
+import io
+import json
 import os
 import secrets
 import shutil
@@ -199,9 +202,10 @@ def load_states(
     `eqx.tree_deserialise_leaves`). It may be abstract: for a big model, pass
     `eqx.filter_eval_shape(make_model, ...)` (with its states initialised) instead of
     a model built with random values, and loading allocates only the loaded arrays.
-    The file is read tensor by tensor, each chunk going to the device before the
-    next is read, so loading holds little more than the model itself. A state that
-    the file holds but that `model` has not created yet (a recurrent cell's hidden
+    The file is read tensor by tensor, each into memory that JAX's CPU client takes
+    as the device array's own (on other devices, each chunk goes to the device
+    before the next is read), so loading holds little more than the model itself. A
+    state that the file holds but that `model` has not created yet (a recurrent cell's hidden
     state before [`eqx_collective.init_all_states`][]) is refused, naming it.
 
     Everything is checked before anything is assigned; on any error the model is left
@@ -278,22 +282,25 @@ def _check_exists(file: Any, name: str) -> None:
 
 def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
     try:
-        try:  # (`pread`: a memory map would keep every page read resident)
-            f = safe_open(file, framework="np", backend="pread")
+        try:  # (the file as safetensors checks it: its header and offsets)
+            with safe_open(file, framework="np", backend="pread"):
+                pass
         except SafetensorError as e:
             raise fmt.BadFile(
                 f"it is not a valid safetensors file; it may be corrupted or "
                 f"truncated ({e})"
             ) from None
-        with f:
-            leaves = fmt.loads((f.metadata() or {}).get(fmt.METADATA_KEY))
-            names, listed = set(f.keys()), {e["name"] for e, _ in leaves.values()}
+        with open(file, "rb") as fh:
+            start, header = _header(fh)
+            texts = header.pop("__metadata__", None) or {}
+            leaves = fmt.loads(texts.get(fmt.METADATA_KEY))
+            names, listed = set(header), {e["name"] for e, _ in leaves.values()}
             extra, absent = sorted(names - listed), sorted(listed - names)
             fmt.expect(not extra, f"it holds tensors not in its metadata: {extra}")
             fmt.expect(not absent, f"the tensors {absent} of its metadata are absent")
             leaves = renamed("load_states", name, leaves, rename)
             index, places = match(name, "load_states", model, leaves)
-            values = _read(f, leaves, index, places)
+            values = _read(fh, start, header, leaves, index, places)
         return finish_load(name, "load_states", model, index, places, values, strict)
     except fmt.BadFile as e:
         raise ValueError(
@@ -302,26 +309,54 @@ def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
         ) from None
 
 
+def _header(fh: BinaryIO) -> tuple[int, dict]:
+    """Where the tensors' bytes start in the file, and its header (checked by
+    `safe_open`): each tensor's `dtype` code, `shape` and `data_offsets`, and the
+    `'__metadata__'` texts. It is read as the format defines it (8 bytes: its length;
+    then JSON) because safetensors' API tells no tensor's offset, and `_read` needs
+    the offsets to read each tensor into memory of its own."""
+    size = int.from_bytes(fh.read(8), "little")
+    return 8 + size, json.loads(fh.read(size))
+
+
+@functools.cache
+def _code(dtype: np.dtype) -> str:
+    """safetensors' code of `dtype` (`'F32'` for `float32`), as it writes it in the
+    header of a file (learnt from an empty tensor of it, once per dtype)."""
+    spec = TensorSpec(dtype=dtype.name, shape=[0], data_ptr=0, data_len=0)
+    return _header(io.BytesIO(serialize({"x": spec})))[1]["x"]["dtype"]
+
+
 _CHUNK = 2**20  # bytes of host copies moved to the device at once
 
 
-def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
-    """The leaves that match the model, by (new) path, read tensor by tensor (`None`
-    for the others). Arrays stored as themselves go to the device one chunk at a
-    time, each to the devices of the committed array it replaces, so that host copies
-    are dropped as they reach the device; one `jax.device_put` per chunk (for 800
-    small arrays, one call costs about 0.7x the time of one `jnp.asarray` each)."""
+def _read(
+    fh: BinaryIO,
+    start: int,
+    header: dict,
+    leaves: fmt.Leaves,
+    index: PlaceIndex,
+    places: dict,
+) -> dict:
+    """The leaves that match the model, by (new) path, read tensor by tensor in file
+    order (`None` for the others). Arrays stored as themselves go to the device one
+    chunk at a time, each to the devices of the committed array it replaces, so that
+    host copies are dropped as they reach the device; one `jax.device_put` per chunk
+    (for 800 small arrays, one call costs about 0.7x the time of one `jnp.asarray`
+    each)."""
     values: dict[Path, Any] = dict.fromkeys(leaves)
+    wanted = [path for path, where in places.items() if where is not None]
+    wanted.sort(key=lambda p: header[leaves[p][0]["name"]]["data_offsets"][0])
     chunk, size = [], 0
-    for k, (path, (entry, _)) in enumerate(leaves.items(), 1):
-        if places[path] is not None:
-            array = _tensor(f, entry)
-            if fmt.is_plain(entry):
-                chunk.append((path, array, model_leaf(index, places[path])))
-                size += array.nbytes
-            else:
-                values[path] = fmt.finish_leaf(fmt.from_stored(array, entry), entry)
-        if chunk and (size >= _CHUNK or k == len(leaves)):
+    for k, path in enumerate(wanted, 1):
+        entry = leaves[path][0]
+        array = _tensor(fh, start, header[entry["name"]], entry)
+        if fmt.is_plain(entry):
+            chunk.append((path, array, model_leaf(index, places[path])))
+            size += array.nbytes
+        else:
+            values[path] = fmt.finish_leaf(fmt.from_stored(array, entry), entry)
+        if chunk and (size >= _CHUNK or k == len(wanted)):
             paths, arrays, olds = map(list, zip(*chunk, strict=True))
             for path, array in zip(paths, put_like(arrays, olds), strict=True):
                 values[path] = fmt.finish_leaf(array, leaves[path][0])
@@ -329,20 +364,28 @@ def _read(f: Any, leaves: fmt.Leaves, index: PlaceIndex, places: dict) -> dict:
     return values
 
 
-def _tensor(f: Any, entry: dict) -> np.ndarray:
-    """The stored array of `entry`, checked to have the stored dtype."""
-    name, expected = entry["name"], fmt.storage_dtype(entry)
-    try:
-        array = f.get_tensor(name)
-    except (AttributeError, TypeError, SafetensorError):  # a code NumPy lacks
-        array = None
-    if array is None or array.dtype != expected:
-        code = f.get_slice(name).get_dtype()
+def _tensor(fh: BinaryIO, start: int, spec: dict, entry: dict) -> np.ndarray:
+    """The stored array of `entry` (`spec`: its header entry), checked to have the
+    stored dtype, read into memory of its own that starts at a 64-byte boundary: JAX's
+    CPU client then takes that memory as the device array's instead of copying it
+    (NumPy, and safetensors' reader, align to 16 bytes), so a load holds one copy of
+    each tensor."""
+    expected = fmt.storage_dtype(entry)
+    if spec["dtype"] != _code(expected):
         raise fmt.BadFile(
-            f"the tensor {name!r} is stored as {code}, but its metadata says "
-            f"{entry['dtype']} (stored as {expected})"
+            f"the tensor {entry['name']!r} is stored as {spec['dtype']}, but its "
+            f"metadata says {entry['dtype']} (stored as {expected})"
         )
-    return array
+    begin, end = spec["data_offsets"]
+    raw = np.empty(end - begin + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    data = raw[skip : skip + end - begin]
+    fh.seek(start + begin)
+    fmt.expect(
+        fh.readinto(data) == end - begin,
+        f"the file ends inside the tensor {entry['name']!r}",
+    )
+    return data.view(expected).reshape(spec["shape"])
 
 
 def model_leaf(index: PlaceIndex, where: Any) -> Any:
