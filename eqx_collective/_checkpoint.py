@@ -205,8 +205,9 @@ def load_states(
     The file is read tensor by tensor, each into memory that JAX's CPU client takes
     as the device array's own (on other devices, each chunk goes to the device
     before the next is read), so loading holds little more than the model itself. A
-    state that the file holds but that `model` has not created yet (a recurrent cell's hidden
-    state before [`eqx_collective.init_all_states`][]) is refused, naming it.
+    state that the file holds but that `model` has not created yet (a recurrent
+    cell's hidden state before [`eqx_collective.init_all_states`][]) is refused,
+    naming it.
 
     Everything is checked before anything is assigned; on any error the model is left
     as it was (as always, the input model is never modified). Loading never unpickles
@@ -282,7 +283,7 @@ def _check_exists(file: Any, name: str) -> None:
 
 def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
     try:
-        try:  # (the file as safetensors checks it: its header and offsets)
+        try:  # (safetensors checks the header and offsets; `pread`: no memory map)
             with safe_open(file, framework="np", backend="pread"):
                 pass
         except SafetensorError as e:
@@ -340,10 +341,9 @@ def _read(
 ) -> dict:
     """The leaves that match the model, by (new) path, read tensor by tensor in file
     order (`None` for the others). Arrays stored as themselves go to the device one
-    chunk at a time, each to the devices of the committed array it replaces, so that
-    host copies are dropped as they reach the device; one `jax.device_put` per chunk
-    (for 800 small arrays, one call costs about 0.7x the time of one `jnp.asarray`
-    each)."""
+    chunk at a time (one `jax.device_put` each), each to the devices of the committed
+    array it replaces: on CPU in the memory it was read into, elsewhere as a copy, the
+    host memory being dropped as it reaches the device."""
     values: dict[Path, Any] = dict.fromkeys(leaves)
     wanted = [path for path, where in places.items() if where is not None]
     wanted.sort(key=lambda p: header[leaves[p][0]["name"]]["data_offsets"][0])
