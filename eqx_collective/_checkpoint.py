@@ -310,7 +310,7 @@ def _load(file, name: str, model, strict: bool, rename) -> LoadResult:
         ) from None
 
 
-def _header(fh: BinaryIO) -> tuple[int, dict]:
+def _header(fh: io.BufferedIOBase) -> tuple[int, dict]:
     """Where the tensors' bytes start in the file, and its header (checked by
     `safe_open`): each tensor's `dtype` code, `shape` and `data_offsets`, and the
     `'__metadata__'` texts. It is read as the format defines it (8 bytes: its length;
@@ -332,7 +332,7 @@ _CHUNK = 2**20  # bytes of host copies moved to the device at once
 
 
 def _read(
-    fh: BinaryIO,
+    fh: io.BufferedIOBase,
     start: int,
     header: dict,
     leaves: fmt.Leaves,
@@ -364,7 +364,7 @@ def _read(
     return values
 
 
-def _tensor(fh: BinaryIO, start: int, spec: dict, entry: dict) -> np.ndarray:
+def _tensor(fh: io.BufferedIOBase, start: int, spec: dict, entry: dict) -> np.ndarray:
     """The stored array of `entry` (`spec`: its header entry), checked to have the
     stored dtype, read into memory of its own that starts at a 64-byte boundary: JAX's
     CPU client then takes that memory as the device array's instead of copying it
@@ -382,7 +382,7 @@ def _tensor(fh: BinaryIO, start: int, spec: dict, entry: dict) -> np.ndarray:
     data = raw[skip : skip + end - begin]
     fh.seek(start + begin)
     fmt.expect(
-        fh.readinto(data) == end - begin,
+        fh.readinto(memoryview(data)) == end - begin,
         f"the file ends inside the tensor {entry['name']!r}",
     )
     return data.view(expected).reshape(spec["shape"])
