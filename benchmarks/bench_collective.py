@@ -15,10 +15,16 @@ brainstate's time over ours (> 1: we are faster). The growth factor is time(larg
 time(second largest) (4 for linear cost with N 200 -> 800), from the times of each
 function run alone, back to back (the best of its times): in the round-robin, every
 call starts with caches that the other library has just filled, which costs more the
-larger the model (on both sides) and would hide how the cost itself grows.
+larger the model (on both sides) and would hide how the cost itself grows. The two
+sizes are timed in turns, a few calls each, and the growth is the median of the
+turns' ratios: a ratio of two times taken minutes apart on a shared machine measures
+the change of its load as much as the growth.
 
 Run as `python benchmarks/bench_collective.py [--quick]`, or call `run(quick)`.
 """
+
+import statistics
+from collections.abc import Callable
 
 import jax
 
@@ -102,6 +108,17 @@ def _brainstate_ops(bst, model, rnn: bool, n_states: int):
     }
 
 
+def _growth(small: Callable[[], object], large: Callable[[], object], quick: bool):
+    """time(`large`) / time(`small`), each run alone, back to back (its best time),
+    the two in turns: the median of the turns' ratios."""
+    turns, calls = (1, 2) if quick else (7, 10)
+    ratios = []
+    for _ in range(turns):
+        best = [min(interleaved_times([fn], calls)[0]) for fn in (small, large)]
+        ratios.append(best[1] / best[0])
+    return statistics.median(ratios)
+
+
 def run(quick: bool = False) -> list[dict]:
     """Runs the benchmark; returns rows in the format of `_common.row`."""
     bst = import_brainstate()
@@ -111,7 +128,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for variant, rnn in (("linear", False), ("rnn", True)):
         ours_t, ref_t = {}, {}  # (op, n) -> seconds, round-robin
-        ours_alone, ref_alone = {}, {}  # (op, n) -> seconds, back to back
+        ours_growth, ref_growth = {}, {}  # op -> time(hi) / time(lo)
+        by_size = {}  # n -> the functions timed
         for n in sizes:
             ours, n_states = _ops(make_model(n, rnn), rnn)
             names = list(ours)
@@ -122,35 +140,26 @@ def run(quick: bool = False) -> list[dict]:
                 )
                 fns += [theirs[k] for k in names]
             times = interleaved_medians(fns, repeats[n])
-            # The growth is measured on each function alone, run back to back, from
-            # its best time: in the round-robin, each call starts with caches the
-            # other library's calls have just filled, which costs more the larger
-            # the model (for both libraries alike), and a growth factor is a ratio
-            # of two times, so noise in either one shows up twice.
-            alone = [
-                min(interleaved_times([fn], 2 * repeats[n])[0])
-                if n in (lo, hi)
-                else None
-                for fn in fns
-            ]
+            by_size[n] = fns
             for i, op in enumerate(names):
-                ours_t[op, n], ours_alone[op, n] = times[i], alone[i]
-                if bst is not None:
-                    j = len(names) + i
-                    ref_t[op, n], ref_alone[op, n] = times[j], alone[j]
-                else:
-                    ref_t[op, n] = ref_alone[op, n] = None
+                ours_t[op, n] = times[i]
+                ref_t[op, n] = times[len(names) + i] if bst is not None else None
+        for i, op in enumerate(names):
+            ours_growth[op] = _growth(by_size[lo][i], by_size[hi][i], quick)
+            if bst is not None:
+                j = len(names) + i
+                ref_growth[op] = _growth(by_size[lo][j], by_size[hi][j], quick)
+        del by_size
         for op in names:
             for n in sizes:
                 note, target = "", None
                 if n == hi:
-                    growth = ours_alone[op, hi] / ours_alone[op, lo]
+                    growth = ours_growth[op]
                     note = f"growth {lo}->{hi}: {growth:.2f}"
                     met = growth <= MAX_GROWTH
                     desc = f"{variant} {op}: linear growth (<= {MAX_GROWTH:g})"
                     if bst is not None:
-                        ref_growth = ref_alone[op, hi] / ref_alone[op, lo]
-                        note += f" (brainstate {ref_growth:.2f})"
+                        note += f" (brainstate {ref_growth[op]:.2f})"
                         met = met and all(ref_t[op, m] >= ours_t[op, m] for m in sizes)
                         desc = (
                             f"{variant} {op}: no slower than brainstate at every "

@@ -194,7 +194,7 @@ def write_results(rows: list[dict], quick: bool, elapsed: float) -> None:
         "`jax.block_until_ready`, the garbage collector off during timed calls as in "
         "`timeit`); **ratio = reference time / our time** (> 1: we are faster), "
         "measured in the same run. Growth factors come from each function's best time "
-        "run alone (see `bench_collective.py`).",
+        "run alone, the two sizes timed in turns (see `bench_collective.py`).",
         "",
         *machine_lines(),
         f"- mode: {'quick (smoke sizes)' if quick else 'full'}, {elapsed:.0f} s",
